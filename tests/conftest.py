@@ -1,0 +1,50 @@
+"""Shared fixtures: the real Qwen2 tokenizer and tiny random-weight model parts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
+
+from vltool.model.projectors import MLPProjector
+from vltool.model.tokenizer import add_image_token, load_qwen2_tokenizer
+from vltool.model.vision_encoder import VisionEncoder
+from vltool.model.vlm import VisionLanguageModel
+
+ASSETS = Path(__file__).parent / "assets"
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    tok = load_qwen2_tokenizer()
+    add_image_token(tok)
+    return tok
+
+
+def tiny_clip(image_size: int = IMAGE_SIZE) -> CLIPVisionModel:
+    config = CLIPVisionConfig(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4)
+    return CLIPVisionModel(config)
+
+
+def tiny_qwen2() -> Qwen2ForCausalLM:
+    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    return Qwen2ForCausalLM(config)
+
+
+def tiny_image_processor(image_size: int = IMAGE_SIZE) -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+@pytest.fixture
+def tiny_vlm(tokenizer) -> VisionLanguageModel:
+    torch.manual_seed(0)
+    encoder = VisionEncoder(tiny_clip(), feature_layer=-2, select_strategy="default")
+    llm = tiny_qwen2()
+    projector = MLPProjector(encoder.hidden_size, llm.config.hidden_size, depth=2)
+    model = VisionLanguageModel(encoder, projector, llm, image_token_id=add_image_token(tokenizer),
+                                freeze_vision_encoder=False, freeze_llm=False)
+    return model.eval()

@@ -1,0 +1,119 @@
+"""Every shipped config loads and builds with tiny parts; config lookup, overrides and copies."""
+
+import pytest
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from conftest import tiny_image_processor
+from vltool.constants import IGNORE_INDEX
+from vltool.data.dataset import VisionLanguageDataset
+from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
+from vltool.engine.runner import _optim_wrapper_cfg, _param_scheduler_cfg, build_parts
+from vltool.errors import ConfigError
+from vltool.model.tokenizer import load_qwen2_tokenizer
+
+RECIPES = [name for name in list_configs() if name != "demo"]
+
+
+def make_tiny(cfg):
+    """Swap hub checkpoints for tiny random parts of the same classes."""
+    model_type = cfg.model.vision_encoder.model.type
+    encoder_class = getattr(model_type, "__self__", model_type)
+    if encoder_class is SiglipVisionModel:
+        config = SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=2, num_attention_heads=4)
+        cfg.image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    else:
+        assert encoder_class is CLIPVisionModel
+        config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4)
+        cfg.image_processor = tiny_image_processor(32)
+    cfg.model.vision_encoder.model = dict(type=encoder_class, config=config)
+    if cfg.model.vision_encoder.get("image_size"):
+        cfg.model.vision_encoder.image_size = 48  # run above the native size, as the Qwen-VL recipe does
+        cfg.image_processor = tiny_image_processor(48)
+    cfg.model.llm = dict(type=Qwen2ForCausalLM, config=Qwen2Config(
+        vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True))
+    cfg.tokenizer = dict(type=load_qwen2_tokenizer)
+    return cfg
+
+
+def test_recipes_are_shipped():
+    assert len(RECIPES) >= 26
+    for family in ("pretrain", "_finetune", "lora_finetune", "qlora_finetune"):
+        for llm in ("qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b"):
+            for encoder in ("clip_l14_336", "siglip_so400m_p14_384"):
+                assert any(n.startswith(f"{llm}_{encoder}") and n.endswith(family) for n in RECIPES)
+    assert any("resampler" in n for n in RECIPES) and any("linear" in n for n in RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_loads_and_builds_tiny(name):
+    cfg = make_tiny(load_config(name))
+    assert cfg.train_dataloader.dataset.type is VisionLanguageDataset
+    parts = build_parts(cfg)
+    model = parts.model
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert "projector" in trainable and "vision_encoder" not in trainable
+    if "lora" in name:
+        assert any("lora_" in n for n, p in model.llm.named_parameters() if p.requires_grad)
+        assert not model.llm.get_input_embeddings().weight.requires_grad
+    assert ("llm" in trainable) == (not name.endswith("pretrain") and "linear" not in name)
+    n_tokens = model.image_seq_length
+    assert n_tokens == (256 if "resampler" in name else 16)
+    input_ids = torch.tensor([[151644] + [model.image_token_id] * n_tokens + [1000, 1001, 1002]])
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[0, -2:] = input_ids[0, -2:]
+    pixels = torch.randn(1, 3, *(48, 48) if "resampler" in name else (32, 32))
+    loss = model.loss(input_ids, labels, pixel_values=pixels)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.projector.parameters().__next__().grad is not None
+    assert _optim_wrapper_cfg(cfg)["type"].__name__ == "OptimWrapper"  # CPU: fp32 even for bf16 recipes
+
+
+def test_schedule_follows_max_iters():
+    cfg = load_config("demo", ["train_cfg.max_iters=200"])
+    warmup, cosine = _param_scheduler_cfg(cfg)
+    assert (warmup["begin"], warmup["end"]) == (0, 10)
+    assert (cosine["begin"], cosine["end"]) == (10, 200)
+
+
+def test_unknown_config_suggests_names():
+    with pytest.raises(ConfigError, match="Did you mean: demo"):
+        resolve_config("dem")
+    with pytest.raises(ConfigError, match="list-cfg"):
+        resolve_config("zzzzzzzzzz")
+
+
+def test_cfg_options_parse_and_typos_fail():
+    cfg = load_config("demo", ["train_cfg.max_iters=7", "optim_wrapper.optimizer.lr=0.5",
+                               "train_dataloader.dataset.data_path=x.json"])
+    assert cfg.train_cfg.max_iters == 7 and cfg.optim_wrapper.optimizer.lr == 0.5
+    assert cfg.train_dataloader.dataset.data_path == "x.json"
+    with pytest.raises(ConfigError, match="'trian_cfg' is not a key.*Did you mean 'train_cfg'"):
+        load_config("demo", ["trian_cfg.max_iters=7"])
+
+
+def test_copy_cfg_writes_a_self_contained_config(tmp_path):
+    target = copy_config("qwen2_5_0_5b_clip_l14_336_lora_finetune", str(tmp_path))
+    copied = make_tiny(load_config(str(target)))
+    parts = build_parts(copied)
+    assert any("lora_" in n for n, _ in parts.model.llm.named_parameters())
+    with pytest.raises(ConfigError, match="already exists"):
+        copy_config("qwen2_5_0_5b_clip_l14_336_lora_finetune", str(tmp_path))
+
+
+def test_list_cfg_pattern():
+    assert list_configs("demo") == ["demo"]
+    assert all("siglip" in n for n in list_configs("siglip"))
+    assert len(list_configs("*_7b_*qlora*")) == 2

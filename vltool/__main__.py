@@ -1,0 +1,5 @@
+"""``python -m vltool`` runs the command line."""
+
+from vltool.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``vltool`` command line: thin Typer commands over the library."""

@@ -1,0 +1,56 @@
+"""The ``vltool`` Typer app: registers the commands and turns errors into one line and an exit code."""
+
+import sys
+import traceback
+
+import typer
+from rich.console import Console
+
+from vltool.cli import check_dataset, configs, train
+from vltool.errors import VltoolError
+
+app = typer.Typer(
+    name="vltool",
+    help="Train, convert, chat with and benchmark LLaVA-style vision-language models.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(train.train)
+app.command("list-cfg")(configs.list_cfg)
+app.command("copy-cfg")(configs.copy_cfg)
+app.command("check-dataset", context_settings={"allow_extra_args": True})(check_dataset.check_dataset)
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one line and exit 1; ``--debug`` shows tracebacks."""
+    try:
+        app(standalone_mode=False)
+    except VltoolError as err:
+        _fail(str(err))
+    except (OSError, ValueError) as err:
+        _fail(f"{type(err).__name__}: {err}")
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as err:  # click usage errors carry their own exit code and message
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+def _fail(message: str) -> None:
+    if _state["debug"] or "--debug" in sys.argv:
+        traceback.print_exc()
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)

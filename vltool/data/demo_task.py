@@ -1,0 +1,152 @@
+"""The synthetic task behind ``vltool train demo``: coloured shapes at several positions.
+
+Training data is written in the standard LLaVA JSON format with an image folder: free-form
+questions (colour, shape, position), MMBench-style multiple-choice questions, multi-turn
+conversations and some text-only arithmetic. The held-out set is an MMBench-layout TSV with
+fresh images and 4-way questions whose text is the same for every image, so only the pixels
+can answer them.
+"""
+
+import base64
+import io
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+from mmengine.logging import print_log
+from PIL import Image, ImageDraw
+
+from vltool.constants import IMAGE_TOKEN
+from vltool.eval.multiple_choice import build_prompt
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle", "cross")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+MC_QUESTIONS = {
+    "colour": ("What is the colour of the shape?", list(COLOURS), "attribute"),
+    "shape": ("What kind of shape is in the picture?", list(SHAPES), "attribute"),
+    "position": ("Where is the shape?", list(POSITIONS), "spatial"),
+}
+FREE_QUESTIONS = {
+    "colour": "What colour is the shape?",
+    "shape": "What shape do you see?",
+    "position": "In which part of the image is the shape?",
+}
+STAMP = "demo_dataset.json"
+
+
+def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Random) -> Image.Image:
+    """A ``size x size`` image: one shape of ``colour`` in the ``position`` quadrant on a noisy background."""
+    grey = rng.randint(200, 250)
+    image = Image.new("RGB", (size, size), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    half = size // 2
+    radius = rng.randint(size // 6, size // 5)
+    row, col = position.split()
+    cx = rng.randint(radius, half - radius) + (half if col == "right" else 0)
+    cy = rng.randint(radius, half - radius) + (half if row == "bottom" else 0)
+    fill = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in COLOURS[colour])
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+    else:
+        bar = max(2, radius // 2)
+        draw.rectangle((cx - radius, cy - bar, cx + radius, cy + bar), fill=fill)
+        draw.rectangle((cx - bar, cy - radius, cx + bar, cy + radius), fill=fill)
+    return image
+
+
+def _attributes(rng: random.Random) -> dict[str, str]:
+    return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "position": rng.choice(POSITIONS)}
+
+
+def _free_answer(kind: str, value: str) -> str:
+    return value.capitalize() + "."
+
+
+def _mc_turn(kind: str, attrs: dict[str, str]) -> tuple[str, str]:
+    question, options, _ = MC_QUESTIONS[kind]
+    letters = dict(zip("ABCD", options))
+    answer = next(letter for letter, text in letters.items() if text == attrs[kind])
+    return build_prompt(question, letters), answer
+
+
+def _training_record(index: int, image: str, attrs: dict[str, str], rng: random.Random) -> dict:
+    """Most samples ask all three multiple-choice questions about one image, in random order
+    (the image comes with the first), sometimes followed by a free-form question; the rest ask
+    one free-form question."""
+    kinds = list(FREE_QUESTIONS)
+    if rng.random() < 0.85:
+        turns = [_mc_turn(kind, attrs) for kind in rng.sample(kinds, len(kinds))]
+        turns[1:] = [(question.removeprefix(f"{IMAGE_TOKEN}\n"), answer) for question, answer in turns[1:]]
+        if rng.random() < 0.3:
+            kind = rng.choice(kinds)
+            turns.append((FREE_QUESTIONS[kind], _free_answer(kind, attrs[kind])))
+    else:
+        kind = rng.choice(kinds)
+        turns = [(f"{IMAGE_TOKEN}\n{FREE_QUESTIONS[kind]}", _free_answer(kind, attrs[kind]))]
+    conversations = []
+    for question, answer in turns:
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"id": f"demo-{index}", "image": image, "conversations": conversations}
+
+
+def _text_record(index: int, rng: random.Random) -> dict:
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    return {
+        "id": f"text-{index}",
+        "conversations": [{"from": "human", "value": f"What is {a} plus {b}?"}, {"from": "gpt", "value": str(a + b)}],
+    }
+
+
+def write_demo_dataset(
+    data_root: str, num_train: int = 6000, num_eval: int = 240, image_size: int = 64, text_fraction: float = 0.05,
+    seed: int = 0,
+) -> None:
+    """Write ``train.json`` + ``images/`` and ``dev.tsv`` under ``data_root`` unless already there.
+
+    A stamp file records the arguments; a dataset written with other arguments is rewritten.
+    """
+    root = Path(data_root)
+    settings = {"num_train": num_train, "num_eval": num_eval, "image_size": image_size,
+                "text_fraction": text_fraction, "seed": seed}
+    stamp = root / STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return
+    print_log(f"writing the demo dataset to {root} ...", logger="current")
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(num_train):
+        if rng.random() < text_fraction:
+            records.append(_text_record(index, rng))
+            continue
+        attrs = _attributes(rng)
+        name = f"images/{index:06d}.png"
+        draw_shape(size=image_size, rng=rng, **attrs).save(root / name)
+        records.append(_training_record(index, name, attrs, rng))
+    (root / "train.json").write_text(json.dumps(records, indent=1))
+    _write_dev_tsv(root / "dev.tsv", num_eval, image_size, random.Random(seed + 1))
+    stamp.write_text(json.dumps(settings))
+
+
+def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Random) -> None:
+    rows = []
+    for index in range(num_eval):
+        kind = list(MC_QUESTIONS)[index % len(MC_QUESTIONS)]
+        question, options, l2 = MC_QUESTIONS[kind]
+        attrs = _attributes(rng)
+        buffer = io.BytesIO()
+        draw_shape(size=image_size, rng=rng, **attrs).save(buffer, format="PNG")
+        rows.append({
+            "index": index, "question": question, "hint": "",
+            **dict(zip("ABCD", options)), "answer": "ABCD"[options.index(attrs[kind])],
+            "category": kind, "l2-category": l2, "split": "dev",
+            "image": base64.b64encode(buffer.getvalue()).decode(),
+        })
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)

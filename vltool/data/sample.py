@@ -1,0 +1,29 @@
+"""The one internal form every dataset format is read into."""
+
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Message:
+    """One turn. ``content`` is text in which each image appears as the ``<image>`` marker."""
+
+    role: str
+    content: str
+
+
+@dataclass
+class Sample:
+    """One training or evaluation example.
+
+    Attributes:
+        sample_id: the id users see in error messages (the file's ``id`` field, or the index).
+        messages: the turns in order; an optional leading system turn.
+        images: image paths (relative to the image folder, or absolute), one per ``<image>``
+            marker, in order of appearance.
+    """
+
+    sample_id: str
+    messages: list[Message]
+    images: list[str] = field(default_factory=list)

@@ -1,0 +1,64 @@
+"""A length-grouped sampler that keeps image and text-only samples in separate batches."""
+
+import math
+from collections.abc import Iterator
+
+import torch
+from mmengine.dist import get_dist_info
+from torch.utils.data import Sampler
+
+from vltool.data.dataset import VisionLanguageDataset
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Batches of similar length, never mixing image and text-only samples.
+
+    Like LLaVA's modality-grouped sampler: each modality is shuffled, cut into mega-batches of
+    ``mega_batch_factor`` global batches, and sorted by length inside each mega-batch, so
+    batches waste little padding while the order stays random. Batches then come in random
+    order. Under many processes each global batch is split between ranks.
+
+    Args:
+        dataset: the dataset (its ``lengths`` and ``has_image``).
+        batch_size: per-process batch size.
+        seed: shuffling seed; the order depends only on seed and epoch.
+        mega_batch_factor: global batches per length-sorted group.
+    """
+
+    def __init__(
+        self, dataset: VisionLanguageDataset, batch_size: int, seed: int | None = None, mega_batch_factor: int = 8
+    ) -> None:
+        self.rank, self.world_size = get_dist_info()
+        self.lengths = dataset.lengths
+        self.has_image = dataset.has_image
+        self.batch_size = batch_size
+        self.seed = 0 if seed is None else seed
+        self.mega_batch_factor = mega_batch_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by mmengine's loops so every epoch has a new order."""
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        global_batch = self.batch_size * self.world_size
+        batches: list[list[int]] = []
+        for modality in (True, False):
+            indices = [i for i, flag in enumerate(self.has_image) if flag == modality]
+            order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+            mega = global_batch * self.mega_batch_factor
+            for start in range(0, len(order), mega):
+                group = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+                batches += [group[i : i + global_batch] for i in range(0, len(group), global_batch)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self) -> Iterator[int]:
+        global_batch = self.batch_size * self.world_size
+        for batch in self._global_batches():
+            if len(batch) < global_batch:  # a short tail: repeat it so every rank gets a full batch
+                batch = (batch * math.ceil(global_batch / len(batch)))[:global_batch]
+            yield from batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self._global_batches()) * self.batch_size

@@ -1,0 +1,135 @@
+"""Training hooks: supervised tokens/s, a rich progress bar, the loss-curve PNG, held-out accuracy."""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vltool.constants import IGNORE_INDEX
+from vltool.eval.multiple_choice import evaluate_questions, read_questions
+from vltool.infer.pipeline import Pipeline
+
+
+class SupervisedTokensHook(Hook):
+    """Logs ``tokens_per_sec``: learned (supervised) tokens per second of wall time, data loading included."""
+
+    priority = "NORMAL"
+
+    def before_train(self, runner: Runner) -> None:
+        self._last = time.perf_counter()
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        now = time.perf_counter()
+        # labels are still on the host here: counting them costs no device sync
+        supervised = int((data_batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        runner.message_hub.update_scalar("train/tokens_per_sec", supervised / max(now - self._last, 1e-9))
+        self._last = now
+
+
+class RichProgressHook(Hook):
+    """A rich progress bar with loss, supervised tokens/s and ETA, shown when stdout is a terminal.
+
+    mmengine's log lines are routed through the bar's console so they print above it.
+    """
+
+    priority = "LOW"
+
+    def before_train(self, runner: Runner) -> None:
+        self._progress = None
+        if not sys.stdout.isatty() or runner.rank != 0:
+            return
+        console = Console()
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TimeRemainingColumn(), console=console,
+        )
+        self._task = self._progress.add_task("train", total=runner.max_iters, completed=runner.iter,
+                                             loss="-", tps="-")
+        self._progress.start()
+        self._handlers = [h for h in runner.logger.handlers if type(h) is logging.StreamHandler]
+        for handler in self._handlers:
+            handler.setStream(console.file)
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        if self._progress is None:
+            return
+        hub = runner.message_hub
+        loss = hub.get_scalar("train/loss").mean(10) if "train/loss" in hub.log_scalars else float("nan")
+        tps = hub.get_scalar("train/tokens_per_sec").mean(10) if "train/tokens_per_sec" in hub.log_scalars else 0
+        self._progress.update(self._task, completed=runner.iter + 1, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+
+    def after_train(self, runner: Runner) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            for handler in self._handlers:
+                handler.setStream(sys.stdout)
+
+
+class LossCurveHook(Hook):
+    """Writes ``loss_curve.png`` into the work dir from the logged ``vis_data/scalars.json``."""
+
+    priority = "VERY_LOW"
+
+    def after_train(self, runner: Runner) -> None:
+        scalars = Path(runner.log_dir) / "vis_data" / "scalars.json"
+        if runner.rank != 0 or not scalars.is_file():
+            return
+        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
+        points = [(row["step"], row["loss"]) for row in rows if "loss" in row]
+        if not points:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot(*zip(*points))
+        axis.set(xlabel="iteration", ylabel="loss", title="training loss")
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(Path(runner.work_dir) / "loss_curve.png", dpi=100)
+        plt.close(figure)
+        runner.logger.info(f"loss curve written to {Path(runner.work_dir) / 'loss_curve.png'}")
+
+
+class MultipleChoiceEvalHook(Hook):
+    """After training, answers an MMBench-layout TSV and logs the accuracy per category.
+
+    Args:
+        pipeline: the inference pipeline (filled in by vltool's runner builder).
+        data_path: the TSV.
+        batch_size: prompts per generation batch.
+        max_new_tokens: longest answer.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, pipeline: Pipeline, data_path: str, batch_size: int = 32, max_new_tokens: int = 8) -> None:
+        self.pipeline = pipeline
+        self.data_path = data_path
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    def after_train(self, runner: Runner) -> None:
+        if runner.rank != 0:
+            return
+        result = evaluate_questions(
+            self.pipeline, read_questions(self.data_path), self.batch_size, self.max_new_tokens
+        )
+        for category, accuracy in result.per_category().items():
+            runner.logger.info(f"held-out accuracy [{category}]: {accuracy:.1%}")
+        runner.logger.info(
+            f"held-out accuracy: {result.accuracy:.1%} on {len(result.correct)} questions "
+            f"({Path(self.data_path).name}); chance is {result.chance:.0%}"
+        )
+        runner.message_hub.update_info("heldout_accuracy", result.accuracy)
+        (Path(runner.work_dir) / "heldout_accuracy.json").write_text(json.dumps(result.to_dict(), indent=1))

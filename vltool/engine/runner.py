@@ -1,0 +1,159 @@
+"""Build the mmengine Runner (and the parts it trains) from a vltool config."""
+
+import inspect
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
+from mmengine.runner import Runner
+from transformers import PreTrainedTokenizerBase
+from transformers.image_processing_utils import BaseImageProcessor
+
+from vltool.data.collate import pad_collate
+from vltool.data.dataset import VisionLanguageDataset
+from vltool.data.images import ImageTransform
+from vltool.data.sampler import LengthGroupedSampler
+from vltool.engine.model import TrainingModel
+from vltool.errors import ConfigError
+from vltool.infer.pipeline import Pipeline
+from vltool.model.builder import build, build_model
+from vltool.model.vlm import VisionLanguageModel
+from vltool.templates import Template, load_template
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Parts:
+    """What a config builds besides the training loop."""
+
+    tokenizer: PreTrainedTokenizerBase
+    template: Template
+    image_processor: BaseImageProcessor
+    model: VisionLanguageModel
+
+    def pipeline(self, image_aspect: str = "pad") -> Pipeline:
+        """The inference pipeline over these parts."""
+        return Pipeline(self.model, self.tokenizer, self.template, ImageTransform(self.image_processor, image_aspect))
+
+
+def prepare_data(cfg: Config) -> None:
+    """Run the config's ``data_preparation`` step (the demo writes its dataset here), if any."""
+    if cfg.get("data_preparation"):
+        build(cfg.data_preparation)
+
+
+def build_parts(cfg: Config) -> Parts:
+    """Tokenizer, template, image processor and model from ``cfg``."""
+    for key in ("tokenizer", "template", "image_processor", "model"):
+        if key not in cfg:
+            raise ConfigError(f"config has no '{key}' entry; see docs/configs.md for the required keys.")
+    template = load_template(cfg.template)
+    tokenizer = build(cfg.tokenizer)
+    model = build_model(cfg.model, tokenizer)
+    return Parts(tokenizer, template, build(cfg.image_processor), model)
+
+
+def build_train_dataset(cfg: Config, parts: Parts) -> VisionLanguageDataset:
+    """The training dataset, given the built tokenizer, template and model."""
+    return build(
+        cfg.train_dataloader.dataset,
+        tokenizer=parts.tokenizer,
+        template=parts.template,
+        image_processor=parts.image_processor,
+        image_seq_length=parts.model.image_seq_length,
+    )
+
+
+def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
+    """mmengine dataloader settings around an already built dataset."""
+    loader = dict(cfg.train_dataloader)
+    loader["dataset"] = dataset
+    sampler = dict(loader.get("sampler") or dict(type=LengthGroupedSampler))
+    if "batch_size" in inspect.signature(sampler["type"]).parameters:
+        sampler.setdefault("batch_size", loader["batch_size"])
+    loader["sampler"] = sampler
+    collate = dict(loader.pop("collate_fn", None) or dict(type=pad_collate))
+    loader["collate_fn"] = partial(collate.pop("type"), pad_token_id=pad_token_id, **collate)
+    return loader
+
+
+def _optim_wrapper_cfg(cfg: Config) -> dict[str, Any]:
+    """fp32 ``OptimWrapper`` on CPU; autocast ``AmpOptimWrapper`` in the config's precision on GPU."""
+    wrapper = dict(cfg.optim_wrapper)
+    precision = cfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    if precision != "fp32" and torch.cuda.is_available():
+        wrapper.update(type=AmpOptimWrapper, dtype=PRECISIONS[precision])
+    else:
+        if precision != "fp32":
+            print_log(f"precision={precision} needs a GPU; training in fp32 on the CPU.", logger="current")
+        wrapper.setdefault("type", OptimWrapper)
+    return wrapper
+
+
+def _param_scheduler_cfg(cfg: Config) -> list[dict[str, Any]]:
+    """Linear warmup then cosine decay over ``train_cfg.max_iters`` (unless the config lists its own)."""
+    if cfg.get("param_scheduler"):
+        return cfg.param_scheduler
+    schedule = cfg.get("lr_schedule", {})
+    max_iters = cfg.train_cfg.max_iters
+    warmup = round(schedule.get("warmup_ratio", 0.03) * max_iters)
+    warmup = warmup if warmup >= 2 else 0  # a 1-iteration warmup would leave the lr at its start factor
+    lr = cfg.optim_wrapper.optimizer.lr
+    cosine = dict(type=CosineAnnealingLR, eta_min=lr * schedule.get("min_lr_ratio", 0.0), by_epoch=False,
+                  begin=warmup, end=max_iters)
+    if not warmup:
+        return [cosine]
+    return [dict(type=LinearLR, start_factor=1e-3, by_epoch=False, begin=0, end=warmup), cosine]
+
+
+def _hooks(cfg: Config, parts: Parts) -> list[Any]:
+    """Custom hooks; a hook that takes a ``pipeline`` argument gets the inference pipeline."""
+    hooks = []
+    for hook in cfg.get("custom_hooks", []):
+        hook_type = hook["type"]
+        if "pipeline" in inspect.signature(hook_type).parameters:
+            aspect = cfg.train_dataloader.dataset.get("image_aspect", "pad")
+            hooks.append(build(hook, pipeline=parts.pipeline(aspect)))
+        else:
+            hooks.append(hook)
+    return hooks
+
+
+def build_runner(cfg: Config, work_dir: str | None = None) -> Runner:
+    """Prepare data, build the parts and dataset, and return a ready mmengine ``Runner``.
+
+    Args:
+        cfg: a loaded vltool config (see docs/configs.md for its keys).
+        work_dir: where checkpoints and logs go; default ``work_dirs/<config name>``.
+    """
+    config_name = Path(cfg.filename).stem if cfg.filename else "vltool"
+    cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / config_name)
+    prepare_data(cfg)
+    parts = build_parts(cfg)
+    dataset = build_train_dataset(cfg, parts)
+    return Runner(
+        model=TrainingModel(parts.model),
+        work_dir=cfg.work_dir,
+        train_dataloader=_dataloader_cfg(cfg, dataset, parts.tokenizer.pad_token_id),
+        optim_wrapper=_optim_wrapper_cfg(cfg),
+        param_scheduler=_param_scheduler_cfg(cfg),
+        train_cfg=cfg.train_cfg,
+        default_hooks=cfg.get("default_hooks"),
+        custom_hooks=_hooks(cfg, parts),
+        log_processor=cfg.get("log_processor"),
+        visualizer=cfg.get("visualizer"),
+        randomness=cfg.get("randomness", dict(seed=0)),
+        env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
+        launcher=cfg.get("launcher", "none"),
+        load_from=cfg.get("load_from"),
+        resume=cfg.get("resume", False),
+        cfg=cfg,
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice prompts, answer extraction and accuracy."""

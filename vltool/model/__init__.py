@@ -1,0 +1,1 @@
+"""The vision-language model: vision encoder, projector, LLM, and the builders that assemble them."""

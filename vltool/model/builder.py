@@ -1,0 +1,66 @@
+"""Turn config dicts into objects: the one place where configs become modules."""
+
+from typing import Any
+
+from mmengine.config import ConfigDict
+from mmengine.utils import get_object_from_string
+from peft import get_peft_model
+from transformers import PreTrainedTokenizerBase
+
+from vltool.errors import ConfigError
+
+from vltool.model.tokenizer import add_image_token
+from vltool.model.vlm import VisionLanguageModel
+
+
+def resolve_type(type_: Any) -> Any:
+    """A config's ``type``: the object itself, or a dotted name (configs dumped by mmengine) imported."""
+    if not isinstance(type_, str):
+        return type_
+    obj = get_object_from_string(type_)
+    if obj is None:
+        raise ConfigError(f"config type '{type_}' cannot be imported; check the name or install its package.")
+    return obj
+
+
+def build(cfg: Any, **extra: Any) -> Any:
+    """Instantiate ``cfg`` bottom-up: every dict with a ``type`` is called with its other keys.
+
+    Nested dicts and lists are built first, so ``dict(type=VisionEncoder, model=dict(type=...))``
+    passes the built inner object. ``extra`` adds keyword arguments to the outermost call.
+    """
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(build(item) for item in cfg)
+    if not isinstance(cfg, dict):
+        return cfg
+    kwargs = {key: build(value) for key, value in cfg.items() if key != "type"}
+    if "type" not in cfg:
+        return {**kwargs, **extra}
+    return resolve_type(cfg["type"])(**kwargs, **extra)
+
+
+def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> VisionLanguageModel:
+    """Build a :class:`VisionLanguageModel` from ``cfg.model``.
+
+    ``model_cfg`` holds ``vision_encoder``, ``projector`` and ``llm`` dicts plus the freeze
+    flags. Derived numbers come from the built parts: the projector's widths from the
+    encoder's and LLM's hidden sizes, the image token id from the tokenizer. The LLM's
+    embedding grows if the tokenizer has more tokens than it has rows.
+    """
+    model_cfg = dict(model_cfg)
+    image_token_id = add_image_token(tokenizer)
+    vision_encoder = build(model_cfg.pop("vision_encoder"))
+    llm = build(model_cfg.pop("llm"))
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+    llm_lora, vision_lora = model_cfg.pop("llm_lora", None), model_cfg.pop("vision_encoder_lora", None)
+    projector = build(
+        model_cfg.pop("projector"), in_features=vision_encoder.hidden_size, out_features=llm.config.hidden_size
+    )
+    model = VisionLanguageModel(vision_encoder, projector, llm, image_token_id=image_token_id, **model_cfg)
+    # adapters are added after the freeze flags apply, so they train even when their base is frozen
+    if llm_lora is not None:
+        model.llm = get_peft_model(model.llm, build(llm_lora))
+    if vision_lora is not None:
+        model.vision_encoder.model = get_peft_model(model.vision_encoder.model, build(vision_lora))
+    return model
