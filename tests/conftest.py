@@ -23,15 +23,28 @@ def tokenizer():
 
 
 def tiny_clip(image_size: int = IMAGE_SIZE) -> CLIPVisionModel:
-    config = CLIPVisionConfig(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
     return CLIPVisionModel(config)
 
 
 def tiny_qwen2() -> Qwen2ForCausalLM:
-    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     return Qwen2ForCausalLM(config)
 
 
@@ -45,6 +58,12 @@ def tiny_vlm(tokenizer) -> VisionLanguageModel:
     encoder = VisionEncoder(tiny_clip(), feature_layer=-2, select_strategy="default")
     llm = tiny_qwen2()
     projector = MLPProjector(encoder.hidden_size, llm.config.hidden_size, depth=2)
-    model = VisionLanguageModel(encoder, projector, llm, image_token_id=add_image_token(tokenizer),
-                                freeze_vision_encoder=False, freeze_llm=False)
+    model = VisionLanguageModel(
+        encoder,
+        projector,
+        llm,
+        image_token_id=add_image_token(tokenizer),
+        freeze_vision_encoder=False,
+        freeze_llm=False,
+    )
     return model.eval()

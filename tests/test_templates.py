@@ -26,11 +26,28 @@ def test_unknown_template_suggests_close_names():
 
 
 def test_qwen_chat_ids_and_labels_hand_checked(tokenizer):
-    messages = [Message("system", "You are a helpful assistant."), Message("user", "Hello"),
-                Message("assistant", "Hi")]
+    messages = [Message("system", "You are a helpful assistant."), Message("user", "Hello"), Message("assistant", "Hi")]
     conv = tokenize_conversation(messages, load_template("qwen_chat"), tokenizer, image_seq_length=4)
-    expected = ([IM_START, SYSTEM, NL, *HELPFUL, IM_END, NL, IM_START, USER, NL, 9707, IM_END, NL,
-                 IM_START, ASSISTANT, NL, 13048, IM_END, NL])
+    expected = [
+        IM_START,
+        SYSTEM,
+        NL,
+        *HELPFUL,
+        IM_END,
+        NL,
+        IM_START,
+        USER,
+        NL,
+        9707,
+        IM_END,
+        NL,
+        IM_START,
+        ASSISTANT,
+        NL,
+        13048,
+        IM_END,
+        NL,
+    ]
     assert conv.input_ids == expected
     # only the reply and its <|im_end|> are learned; the trailing separator is not
     learned = [i for i, label in enumerate(conv.labels) if label != IGNORE_INDEX]
@@ -45,8 +62,12 @@ def test_qwen_chat_default_system_prompt(tokenizer):
 
 
 def test_multi_turn_labels_cover_every_reply(tokenizer):
-    messages = [Message("user", "Hello"), Message("assistant", "Hi"), Message("user", "Hello"),
-                Message("assistant", "Hello world")]
+    messages = [
+        Message("user", "Hello"),
+        Message("assistant", "Hi"),
+        Message("user", "Hello"),
+        Message("assistant", "Hello world"),
+    ]
     conv = tokenize_conversation(messages, load_template("qwen_chat"), tokenizer, image_seq_length=4)
     learned = [conv.input_ids[i] for i, label in enumerate(conv.labels) if label != IGNORE_INDEX]
     assert learned == [13048, IM_END, 9707, 1879, IM_END]
@@ -75,4 +96,4 @@ def test_braces_in_content_are_kept_verbatim(tokenizer):
     template = load_template("vicuna")
     text, spans = template.render([Message("user", "print {input}"), Message("assistant", "{output} ok")])
     assert "USER: print {input} ASSISTANT: {output} ok</s>" in text
-    assert text[spans[0][0]:spans[0][1]] == " {output} ok</s>"
+    assert text[spans[0][0] : spans[0][1]] == " {output} ok</s>"

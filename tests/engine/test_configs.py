@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import tiny_image_processor
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -12,7 +13,6 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from conftest import tiny_image_processor
 from vltool.constants import IGNORE_INDEX
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
@@ -28,21 +28,42 @@ def make_tiny(cfg):
     model_type = cfg.model.vision_encoder.model.type
     encoder_class = getattr(model_type, "__self__", model_type)
     if encoder_class is SiglipVisionModel:
-        config = SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=4)
+        config = SiglipVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
         cfg.image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     else:
         assert encoder_class is CLIPVisionModel
-        config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4)
+        config = CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
         cfg.image_processor = tiny_image_processor(32)
     cfg.model.vision_encoder.model = dict(type=encoder_class, config=config)
     if cfg.model.vision_encoder.get("image_size"):
         cfg.model.vision_encoder.image_size = 48  # run above the native size, as the Qwen-VL recipe does
         cfg.image_processor = tiny_image_processor(48)
-    cfg.model.llm = dict(type=Qwen2ForCausalLM, config=Qwen2Config(
-        vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True))
+    cfg.model.llm = dict(
+        type=Qwen2ForCausalLM,
+        config=Qwen2Config(
+            vocab_size=151936,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        ),
+    )
     cfg.tokenizer = dict(type=load_qwen2_tokenizer)
     return cfg
 
@@ -96,8 +117,9 @@ def test_unknown_config_suggests_names():
 
 
 def test_cfg_options_parse_and_typos_fail():
-    cfg = load_config("demo", ["train_cfg.max_iters=7", "optim_wrapper.optimizer.lr=0.5",
-                               "train_dataloader.dataset.data_path=x.json"])
+    cfg = load_config(
+        "demo", ["train_cfg.max_iters=7", "optim_wrapper.optimizer.lr=0.5", "train_dataloader.dataset.data_path=x.json"]
+    )
     assert cfg.train_cfg.max_iters == 7 and cfg.optim_wrapper.optimizer.lr == 0.5
     assert cfg.train_dataloader.dataset.data_path == "x.json"
     with pytest.raises(ConfigError, match="'trian_cfg' is not a key.*Did you mean 'train_cfg'"):

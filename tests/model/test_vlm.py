@@ -17,9 +17,15 @@ def prompt_ids(n_images: int, text_len: int = 7, tokens_per_image: int = 16) -> 
 def test_logits_equal_hugging_face_llava(tiny_vlm):
     """Same weights, same ids: vltool's model and transformers' LlavaForConditionalGeneration agree."""
     encoder, llm = tiny_vlm.vision_encoder.model, tiny_vlm.llm
-    config = LlavaConfig(vision_config=encoder.config.to_dict(), text_config=llm.config.to_dict(),
-                         image_token_id=IMAGE_ID, projector_hidden_act="gelu", vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", multimodal_projector_bias=True)
+    config = LlavaConfig(
+        vision_config=encoder.config.to_dict(),
+        text_config=llm.config.to_dict(),
+        image_token_id=IMAGE_ID,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        multimodal_projector_bias=True,
+    )
     config.vision_config.model_type = "clip_vision_model"
     hf = LlavaForConditionalGeneration(config).eval()
     hf.model.vision_tower.load_state_dict(encoder.state_dict())
@@ -61,23 +67,48 @@ def test_loss_at_supervised_positions_equals_full_logits_loss(tiny_vlm):
     pixel_values = torch.randn(2, 3, 32, 32)
     loss = tiny_vlm.loss(input_ids, labels, pixel_values=pixel_values)
     logits = tiny_vlm(input_ids, pixel_values=pixel_values)
-    reference = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                ignore_index=IGNORE_INDEX)
+    reference = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
     torch.testing.assert_close(loss, reference)
 
 
 def test_freeze_flags_and_trainable_state(tiny_vlm, tokenizer):
     from conftest import tiny_clip, tiny_qwen2
+
     from vltool.model.projectors import MLPProjector
     from vltool.model.vision_encoder import VisionEncoder
     from vltool.model.vlm import VisionLanguageModel
 
     encoder = VisionEncoder(tiny_clip())
     model = VisionLanguageModel(encoder, MLPProjector(32, 64), tiny_qwen2(), IMAGE_ID)
-    assert set(model.trainable_state_dict()) == {"projector.linear_1.weight", "projector.linear_1.bias",
-                                                 "projector.linear_2.weight", "projector.linear_2.bias"}
+    assert set(model.trainable_state_dict()) == {
+        "projector.linear_1.weight",
+        "projector.linear_1.bias",
+        "projector.linear_2.weight",
+        "projector.linear_2.bias",
+    }
     input_ids = torch.tensor([prompt_ids(1)])
     labels = input_ids.clone()
     model.loss(input_ids, labels, pixel_values=torch.randn(1, 3, 32, 32)).backward()
     assert model.projector.linear_1.weight.grad is not None
     assert model.llm.model.embed_tokens.weight.grad is None
+
+
+def test_frozen_input_embeddings_keep_head_training(tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conftest import tiny_clip
+    from vltool.model.projectors import MLPProjector
+    from vltool.model.vision_encoder import VisionEncoder
+    from vltool.model.vlm import VisionLanguageModel
+
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    model = VisionLanguageModel(VisionEncoder(tiny_clip()), MLPProjector(32, 64), llm, IMAGE_ID,
+                                freeze_llm=False, freeze_llm_input_embeddings=True)
+    input_ids = torch.tensor([prompt_ids(1)])
+    model.loss(input_ids, input_ids.clone(), pixel_values=torch.randn(1, 3, 32, 32)).backward()
+    assert llm.model.embed_tokens.weight.grad is None
+    assert llm.lm_head.weight.grad is not None and llm.model.layers[0].mlp.up_proj.weight.grad is not None
+    assert "llm.model.embed_tokens.weight" not in model.trainable_state_dict()

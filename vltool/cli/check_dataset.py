@@ -5,9 +5,6 @@ from rich.console import Console
 from rich.table import Table
 
 from vltool.cli.options import CFG_OPTIONS, collect_cfg_options
-from vltool.data.check import check_dataset as run_check
-from vltool.engine.config import load_config
-from vltool.engine.runner import build_parts, prepare_data
 
 
 def check_dataset(
@@ -16,24 +13,39 @@ def check_dataset(
     cfg_options: list[str] = CFG_OPTIONS,
 ) -> None:
     """Read every training sample and image; report lengths, truncation and every problem."""
+    from vltool.data.check import check_dataset as run_check  # heavy imports stay out of `vltool --help`
+    from vltool.engine.config import load_config
+    from vltool.engine.runner import build_parts, prepare_data
+
     cfg = load_config(config, collect_cfg_options(cfg_options, ctx))
     prepare_data(cfg)
     parts = build_parts(cfg)
     dataset_cfg = cfg.train_dataloader.dataset
     max_length = dataset_cfg.get("max_length", 2048)
     result = run_check(
-        dataset_cfg.data_path, dataset_cfg.get("image_folder"), parts.tokenizer, parts.template,
-        parts.model.image_seq_length, max_length, dataset_cfg.get("dataset_format", "auto"),
+        dataset_cfg.data_path,
+        dataset_cfg.get("image_folder"),
+        parts.tokenizer,
+        parts.template,
+        parts.model.image_seq_length,
+        max_length,
+        dataset_cfg.get("dataset_format", "auto"),
     )
     console = Console()
     table = Table(title=f"{dataset_cfg.data_path}", show_header=False)
     lengths = sorted(result.lengths) or [0]
     rows = [
-        ("samples", result.num_samples), ("images", result.num_images), ("text-only samples", result.num_text_only),
-        ("tokens (min / median / p95 / max)",
-         f"{lengths[0]} / {lengths[len(lengths) // 2]} / {lengths[int(0.95 * (len(lengths) - 1))]} / {lengths[-1]}"),
-        (f"longer than max_length={max_length}",
-         f"{len(result.truncated)} ({dataset_cfg.get('truncation', 'truncate')})"),
+        ("samples", result.num_samples),
+        ("images", result.num_images),
+        ("text-only samples", result.num_text_only),
+        (
+            "tokens (min / median / p95 / max)",
+            f"{lengths[0]} / {lengths[len(lengths) // 2]} / {lengths[int(0.95 * (len(lengths) - 1))]} / {lengths[-1]}",
+        ),
+        (
+            f"longer than max_length={max_length}",
+            f"{len(result.truncated)} ({dataset_cfg.get('truncation', 'truncate')})",
+        ),
         ("problems", len(result.problems)),
     ]
     for key, value in rows:

@@ -3,8 +3,6 @@
 import typer
 
 from vltool.cli.options import CFG_OPTIONS, collect_cfg_options
-from vltool.engine.config import load_config
-from vltool.engine.runner import build_runner
 
 
 def train(
@@ -15,6 +13,9 @@ def train(
     cfg_options: list[str] = CFG_OPTIONS,
 ) -> None:
     """Train a model from a config: [bold]vltool train demo[/] runs the CPU demo."""
+    from vltool.engine.config import load_config  # heavy imports stay out of `vltool --help`
+    from vltool.engine.runner import build_runner
+
     cfg = load_config(config, collect_cfg_options(cfg_options, ctx))
     if seed is not None:
         cfg.randomness.seed = seed

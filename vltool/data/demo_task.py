@@ -21,7 +21,7 @@ from vltool.constants import IMAGE_TOKEN
 from vltool.eval.multiple_choice import build_prompt
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "ring", "triangle", "cross")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 MC_QUESTIONS = {
     "colour": ("What is the colour of the shape?", list(COLOURS), "attribute"),
@@ -33,6 +33,7 @@ FREE_QUESTIONS = {
     "shape": "What shape do you see?",
     "position": "In which part of the image is the shape?",
 }
+MC_WEIGHTS = (0.25, 0.45, 0.3)  # colour, shape, position: shape is the slowest to learn
 STAMP = "demo_dataset.json"
 
 
@@ -42,7 +43,7 @@ def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Ra
     image = Image.new("RGB", (size, size), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
     half = size // 2
-    radius = rng.randint(size // 6, size // 5)
+    radius = rng.randint(size // 5, size // 4)
     row, col = position.split()
     cx = rng.randint(radius, half - radius) + (half if col == "right" else 0)
     cy = rng.randint(radius, half - radius) + (half if row == "bottom" else 0)
@@ -50,12 +51,12 @@ def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Ra
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     if shape == "circle":
         draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box, outline=fill, width=max(3, radius // 3))
     elif shape == "triangle":
         draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
     else:
-        bar = max(2, radius // 2)
+        bar = max(2, radius // 4)
         draw.rectangle((cx - radius, cy - bar, cx + radius, cy + bar), fill=fill)
         draw.rectangle((cx - bar, cy - radius, cx + bar, cy + radius), fill=fill)
     return image
@@ -77,19 +78,18 @@ def _mc_turn(kind: str, attrs: dict[str, str]) -> tuple[str, str]:
 
 
 def _training_record(index: int, image: str, attrs: dict[str, str], rng: random.Random) -> dict:
-    """Most samples ask all three multiple-choice questions about one image, in random order
-    (the image comes with the first), sometimes followed by a free-form question; the rest ask
-    one free-form question."""
+    """One multiple-choice question (80%), one free-form question (10%), or a multi-turn
+    conversation: a multiple-choice question, then a free-form one about the same image (10%)."""
     kinds = list(FREE_QUESTIONS)
-    if rng.random() < 0.85:
-        turns = [_mc_turn(kind, attrs) for kind in rng.sample(kinds, len(kinds))]
-        turns[1:] = [(question.removeprefix(f"{IMAGE_TOKEN}\n"), answer) for question, answer in turns[1:]]
-        if rng.random() < 0.3:
-            kind = rng.choice(kinds)
-            turns.append((FREE_QUESTIONS[kind], _free_answer(kind, attrs[kind])))
-    else:
+    style = rng.random()
+    if style < 0.8:
+        turns = [_mc_turn(rng.choices(kinds, weights=MC_WEIGHTS)[0], attrs)]
+    elif style < 0.9:
         kind = rng.choice(kinds)
         turns = [(f"{IMAGE_TOKEN}\n{FREE_QUESTIONS[kind]}", _free_answer(kind, attrs[kind]))]
+    else:
+        first, second = rng.sample(kinds, 2)
+        turns = [_mc_turn(first, attrs), (FREE_QUESTIONS[second], _free_answer(second, attrs[second]))]
     conversations = []
     for question, answer in turns:
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]

@@ -101,6 +101,7 @@ def copy_config(name: str, dest_dir: str) -> Path:
     if target.exists():
         raise ConfigError(f"{target} already exists; remove it or choose another directory.")
     load_config(str(source)).dump(str(target))
-    target.write_text(f"# Copied from the vltool config '{source.stem}' (flattened by `vltool copy-cfg`).\n"
-                      + target.read_text())
+    target.write_text(
+        f"# Copied from the vltool config '{source.stem}' (flattened by `vltool copy-cfg`).\n" + target.read_text()
+    )
     return target

@@ -47,12 +47,15 @@ class RichProgressHook(Hook):
             return
         console = Console()
         self._progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-            TimeRemainingColumn(), console=console,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeRemainingColumn(),
+            console=console,
         )
-        self._task = self._progress.add_task("train", total=runner.max_iters, completed=runner.iter,
-                                             loss="-", tps="-")
+        self._task = self._progress.add_task("train", total=runner.max_iters, completed=runner.iter, loss="-", tps="-")
         self._progress.start()
         self._handlers = [h for h in runner.logger.handlers if type(h) is logging.StreamHandler]
         for handler in self._handlers:
@@ -92,7 +95,7 @@ class LossCurveHook(Hook):
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(6, 3.5))
-        axis.plot(*zip(*points))
+        axis.plot(*zip(*points, strict=True))
         axis.set(xlabel="iteration", ylabel="loss", title="training loss")
         axis.grid(alpha=0.3)
         figure.tight_layout()
@@ -122,9 +125,7 @@ class MultipleChoiceEvalHook(Hook):
     def after_train(self, runner: Runner) -> None:
         if runner.rank != 0:
             return
-        result = evaluate_questions(
-            self.pipeline, read_questions(self.data_path), self.batch_size, self.max_new_tokens
-        )
+        result = evaluate_questions(self.pipeline, read_questions(self.data_path), self.batch_size, self.max_new_tokens)
         for category, accuracy in result.per_category().items():
             runner.logger.info(f"held-out accuracy [{category}]: {accuracy:.1%}")
         runner.logger.info(

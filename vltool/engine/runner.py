@@ -71,7 +71,7 @@ def build_train_dataset(cfg: Config, parts: Parts) -> VisionLanguageDataset:
 
 
 def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
-    """mmengine dataloader settings around an already built dataset."""
+    """Mmengine dataloader settings around an already built dataset."""
     loader = dict(cfg.train_dataloader)
     loader["dataset"] = dataset
     sampler = dict(loader.get("sampler") or dict(type=LengthGroupedSampler))
@@ -107,8 +107,13 @@ def _param_scheduler_cfg(cfg: Config) -> list[dict[str, Any]]:
     warmup = round(schedule.get("warmup_ratio", 0.03) * max_iters)
     warmup = warmup if warmup >= 2 else 0  # a 1-iteration warmup would leave the lr at its start factor
     lr = cfg.optim_wrapper.optimizer.lr
-    cosine = dict(type=CosineAnnealingLR, eta_min=lr * schedule.get("min_lr_ratio", 0.0), by_epoch=False,
-                  begin=warmup, end=max_iters)
+    cosine = dict(
+        type=CosineAnnealingLR,
+        eta_min=lr * schedule.get("min_lr_ratio", 0.0),
+        by_epoch=False,
+        begin=warmup,
+        end=max_iters,
+    )
     if not warmup:
         return [cosine]
     return [dict(type=LinearLR, start_factor=1e-3, by_epoch=False, begin=0, end=warmup), cosine]

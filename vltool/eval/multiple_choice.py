@@ -67,8 +67,15 @@ def read_questions(path: str | Path) -> list[Question]:
         options = {L: row[L] for L in OPTION_LETTERS if L in table.columns and row[L] != ""}
         image = decode_base64_image(row["image"]) if row.get("image", "") else None
         questions.append(
-            Question(int(row["index"]), row["question"], row.get("hint", ""), options,
-                     row.get("answer") or None, row.get("category", ""), image)
+            Question(
+                int(row["index"]),
+                row["question"],
+                row.get("hint", ""),
+                options,
+                row.get("answer") or None,
+                row.get("category", ""),
+                image,
+            )
         )
     return questions
 
@@ -104,14 +111,18 @@ class EvalResult:
     def per_category(self) -> dict[str, float]:
         """Accuracy of each category."""
         groups: dict[str, list[bool]] = defaultdict(list)
-        for category, ok in zip(self.categories, self.correct):
+        for category, ok in zip(self.categories, self.correct, strict=True):
             groups[category].append(ok)
         return {category: sum(oks) / len(oks) for category, oks in sorted(groups.items())}
 
     def to_dict(self) -> dict[str, object]:
         """Summary for JSON."""
-        return {"accuracy": self.accuracy, "chance": self.chance, "questions": len(self.correct),
-                "per_category": self.per_category()}
+        return {
+            "accuracy": self.accuracy,
+            "chance": self.chance,
+            "questions": len(self.correct),
+            "per_category": self.per_category(),
+        }
 
 
 def evaluate_questions(
@@ -126,7 +137,7 @@ def evaluate_questions(
             for q in batch
         ]
         images = [[q.image] if q.image is not None else [] for q in batch]
-        for question, answer in zip(batch, pipeline.answer(conversations, images, max_new_tokens)):
+        for question, answer in zip(batch, pipeline.answer(conversations, images, max_new_tokens), strict=True):
             result.categories.append(question.category)
             result.answers.append(answer)
             result.correct.append(extract_letter(answer, question.options) == question.answer)

@@ -69,9 +69,13 @@ class Pipeline:
         stop_ids = [i for i in stop_ids if i is not None and i != self.tokenizer.unk_token_id]
         options = {"do_sample": False, **generate_kwargs}
         new_tokens = self.model.generate(
-            input_ids.to(device), attention_mask.to(device), pixel_values,
-            max_new_tokens=max_new_tokens, eos_token_id=stop_ids or None,
-            pad_token_id=self.tokenizer.pad_token_id, **options,
+            input_ids.to(device),
+            attention_mask.to(device),
+            pixel_values,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop_ids or None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **options,
         )
         self.model.train(was_training)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)

@@ -8,7 +8,6 @@ from peft import get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from vltool.errors import ConfigError
-
 from vltool.model.tokenizer import add_image_token
 from vltool.model.vlm import VisionLanguageModel
 

@@ -21,6 +21,9 @@ class VisionLanguageModel(nn.Module):
         llm: a causal LM (``Qwen2ForCausalLM``, ...).
         image_token_id: the placeholder id, one per visual token.
         freeze_vision_encoder / freeze_projector / freeze_llm: which parts do not train.
+        freeze_llm_input_embeddings: keep the LLM's input embedding table fixed while the rest
+            trains. With a 152k vocabulary the table's dense gradient is the costliest part of a
+            small model's backward pass; the LM head still trains when embeddings are untied.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class VisionLanguageModel(nn.Module):
         freeze_vision_encoder: bool = True,
         freeze_projector: bool = False,
         freeze_llm: bool = True,
+        freeze_llm_input_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.vision_encoder = vision_encoder
@@ -41,6 +45,8 @@ class VisionLanguageModel(nn.Module):
         for part, frozen in ((vision_encoder, freeze_vision_encoder), (projector, freeze_projector), (llm, freeze_llm)):
             if frozen:
                 part.requires_grad_(False)
+        if freeze_llm_input_embeddings:
+            llm.get_input_embeddings().requires_grad_(False)
 
     @property
     def image_seq_length(self) -> int:

@@ -43,9 +43,7 @@ class Template:
     stop_words: tuple[str, ...]
     drop_user_text: bool = False
 
-    def render(
-        self, messages: list[Message], add_generation_prompt: bool = False
-    ) -> tuple[str, list[tuple[int, int]]]:
+    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
         """Render a conversation.
 
         Args:

@@ -8,9 +8,14 @@ train_dataloader = dict(
     batch_size=16,
     num_workers=4,
     persistent_workers=True,
-    dataset=dict(type=VisionLanguageDataset, data_path=f"{data_root}/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
-                 image_folder=f"{data_root}/llava_images", max_length=2048, truncation="truncate",
-                 image_aspect="pad"),
+    dataset=dict(
+        type=VisionLanguageDataset,
+        data_path=f"{data_root}/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
+        image_folder=f"{data_root}/llava_images",
+        max_length=2048,
+        truncation="truncate",
+        image_aspect="pad",
+    ),
     sampler=dict(type=LengthGroupedSampler),
     collate_fn=dict(type=pad_collate),
 )

@@ -8,8 +8,14 @@ train_dataloader = dict(
     batch_size=32,
     num_workers=4,
     persistent_workers=True,
-    dataset=dict(type=VisionLanguageDataset, data_path=f"{data_root}/blip_laion_cc_sbu_558k.json",
-                 image_folder=f"{data_root}/images", max_length=2048, truncation="truncate", image_aspect="pad"),
+    dataset=dict(
+        type=VisionLanguageDataset,
+        data_path=f"{data_root}/blip_laion_cc_sbu_558k.json",
+        image_folder=f"{data_root}/images",
+        max_length=2048,
+        truncation="truncate",
+        image_aspect="pad",
+    ),
     sampler=dict(type=LengthGroupedSampler),
     collate_fn=dict(type=pad_collate),
 )

@@ -10,4 +10,6 @@ vision_encoder = dict(
     feature_layer=-2,
     select_strategy="default",
 )
-image_processor = dict(type=CLIPImageProcessor.from_pretrained, pretrained_model_name_or_path=vision_encoder_name_or_path)
+image_processor = dict(
+    type=CLIPImageProcessor.from_pretrained, pretrained_model_name_or_path=vision_encoder_name_or_path
+)

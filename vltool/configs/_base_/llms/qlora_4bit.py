@@ -13,5 +13,6 @@ llm_quantization = dict(
     ),
     dtype=torch.bfloat16,
 )
-llm_lora = dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear",
-                task_type="CAUSAL_LM")
+llm_lora = dict(
+    type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+)
