@@ -12,8 +12,13 @@ import pytest
 @pytest.mark.slow
 def test_demo_learns_and_leaves_mmengine_files(tmp_path):
     work_dir = tmp_path / "work"
-    result = subprocess.run([sys.executable, "-m", "vltool", "train", "demo", "--work-dir", str(work_dir)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "vltool", "train", "demo", "--work-dir", str(work_dir)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     data = tmp_path / "data" / "vltool_demo"
@@ -22,8 +27,20 @@ def test_demo_learns_and_leaves_mmengine_files(tmp_path):
     assert any("image" not in r for r in records)  # text-only samples
     assert any(len(r["conversations"]) > 2 for r in records)  # multi-turn samples
     dev = pd.read_csv(data / "dev.tsv", sep="\t")
-    assert list(dev.columns) == ["index", "question", "hint", "A", "B", "C", "D", "answer", "category",
-                                 "l2-category", "split", "image"]
+    assert list(dev.columns) == [
+        "index",
+        "question",
+        "hint",
+        "A",
+        "B",
+        "C",
+        "D",
+        "answer",
+        "category",
+        "l2-category",
+        "split",
+        "image",
+    ]
     assert dev.groupby("category")["question"].nunique().eq(1).all()  # same text for every image
 
     assert (work_dir / "demo.py").is_file()  # the dumped config

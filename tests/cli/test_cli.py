@@ -8,8 +8,7 @@ from PIL import Image
 
 
 def vltool(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vltool", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "vltool", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_unknown_config_one_line_error():
@@ -30,8 +29,12 @@ def test_list_and_copy_cfg(tmp_path):
 
 
 def tiny_demo_options(data):
-    return ["--cfg-options", f"train_dataloader.dataset.data_path={data / 'd.json'}",
-            f"train_dataloader.dataset.image_folder={data}", "train_dataloader.dataset.max_length=40"]
+    return [
+        "--cfg-options",
+        f"train_dataloader.dataset.data_path={data / 'd.json'}",
+        f"train_dataloader.dataset.image_folder={data}",
+        "train_dataloader.dataset.max_length=120",
+    ]
 
 
 def test_check_dataset_lists_every_problem(tmp_path):
@@ -54,14 +57,16 @@ def test_check_dataset_lists_every_problem(tmp_path):
     assert "d.json: sample broken:" in out and "cannot decode image" in out
     assert "sample tags: 1 '<image>' tag(s) but 2 image(s)" in out
     assert "sample mute: conversation has no assistant turn" in out
-    assert "longer than max_length=40 │ 1 (truncate)" in out or "longer than max_length=40 1" in out
+    assert "longer than max_length=120 │ 1 (truncate)" in out or "longer than max_length=120 1" in out
     assert "sample good" not in out
 
 
 def test_check_dataset_clean_exits_zero(tmp_path):
     Image.new("RGB", (20, 20), "blue").save(tmp_path / "ok.png")
-    record = {"image": "ok.png", "conversations": [{"from": "human", "value": "<image>\nC?"},
-                                                   {"from": "gpt", "value": "Blue."}]}
+    record = {
+        "image": "ok.png",
+        "conversations": [{"from": "human", "value": "<image>\nC?"}, {"from": "gpt", "value": "Blue."}],
+    }
     (tmp_path / "d.json").write_text(json.dumps([record] * 3))
     result = vltool("check-dataset", "demo", *tiny_demo_options(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -18,6 +18,7 @@ from vltool.data.dataset import VisionLanguageDataset
 from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
 from vltool.engine.runner import _optim_wrapper_cfg, _param_scheduler_cfg, build_parts
 from vltool.errors import ConfigError
+from vltool.model.builder import resolve_type
 from vltool.model.tokenizer import load_qwen2_tokenizer
 
 RECIPES = [name for name in list_configs() if name != "demo"]
@@ -25,7 +26,7 @@ RECIPES = [name for name in list_configs() if name != "demo"]
 
 def make_tiny(cfg):
     """Swap hub checkpoints for tiny random parts of the same classes."""
-    model_type = cfg.model.vision_encoder.model.type
+    model_type = resolve_type(cfg.model.vision_encoder.model.type)  # a dumped copy names types as strings
     encoder_class = getattr(model_type, "__self__", model_type)
     if encoder_class is SiglipVisionModel:
         config = SiglipVisionConfig(
@@ -105,8 +106,9 @@ def test_recipe_loads_and_builds_tiny(name):
 def test_schedule_follows_max_iters():
     cfg = load_config("demo", ["train_cfg.max_iters=200"])
     warmup, cosine = _param_scheduler_cfg(cfg)
-    assert (warmup["begin"], warmup["end"]) == (0, 10)
-    assert (cosine["begin"], cosine["end"]) == (10, 200)
+    assert (warmup["begin"], warmup["end"]) == (0, 8)  # warmup_ratio 0.04
+    assert (cosine["begin"], cosine["end"]) == (8, 200)
+    assert cosine["eta_min"] == pytest.approx(1e-4)  # min_lr_ratio 0.1 of lr 1e-3
 
 
 def test_unknown_config_suggests_names():

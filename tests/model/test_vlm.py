@@ -96,17 +96,32 @@ def test_freeze_flags_and_trainable_state(tiny_vlm, tokenizer):
 
 
 def test_frozen_input_embeddings_keep_head_training(tokenizer):
+    from conftest import tiny_clip
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from conftest import tiny_clip
     from vltool.model.projectors import MLPProjector
     from vltool.model.vision_encoder import VisionEncoder
     from vltool.model.vlm import VisionLanguageModel
 
-    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
-    model = VisionLanguageModel(VisionEncoder(tiny_clip()), MLPProjector(32, 64), llm, IMAGE_ID,
-                                freeze_llm=False, freeze_llm_input_embeddings=True)
+    llm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=151936,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
+    model = VisionLanguageModel(
+        VisionEncoder(tiny_clip()),
+        MLPProjector(32, 64),
+        llm,
+        IMAGE_ID,
+        freeze_llm=False,
+        freeze_llm_input_embeddings=True,
+    )
     input_ids = torch.tensor([prompt_ids(1)])
     model.loss(input_ids, input_ids.clone(), pixel_values=torch.randn(1, 3, 32, 32)).backward()
     assert llm.model.embed_tokens.weight.grad is None

@@ -33,20 +33,18 @@ app.command("check-dataset", context_settings={"allow_extra_args": True})(check_
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 1; ``--debug`` shows tracebacks."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a command's exit code instead of exiting
+        code = app(standalone_mode=False)
     except VltoolError as err:
         _fail(str(err))
     except (OSError, ValueError) as err:
         _fail(f"{type(err).__name__}: {err}")
     except KeyboardInterrupt:
         _fail("interrupted")
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as err:  # click usage errors carry their own exit code and message
-        if hasattr(err, "show") and hasattr(err, "exit_code"):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except typer.TyperException as err:  # usage errors: Typer's own message and exit code
+        err.show()
+        sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str) -> None:

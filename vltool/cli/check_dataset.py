@@ -14,6 +14,7 @@ def check_dataset(
 ) -> None:
     """Read every training sample and image; report lengths, truncation and every problem."""
     from vltool.data.check import check_dataset as run_check  # heavy imports stay out of `vltool --help`
+    from vltool.data.dataset import length_stats
     from vltool.engine.config import load_config
     from vltool.engine.runner import build_parts, prepare_data
 
@@ -33,15 +34,11 @@ def check_dataset(
     )
     console = Console()
     table = Table(title=f"{dataset_cfg.data_path}", show_header=False)
-    lengths = sorted(result.lengths) or [0]
     rows = [
         ("samples", result.num_samples),
         ("images", result.num_images),
         ("text-only samples", result.num_text_only),
-        (
-            "tokens (min / median / p95 / max)",
-            f"{lengths[0]} / {lengths[len(lengths) // 2]} / {lengths[int(0.95 * (len(lengths) - 1))]} / {lengths[-1]}",
-        ),
+        ("tokens (min / median / p95 / max)", " / ".join(str(n) for n in length_stats(result.lengths))),
         (
             f"longer than max_length={max_length}",
             f"{len(result.truncated)} ({dataset_cfg.get('truncation', 'truncate')})",

@@ -19,6 +19,12 @@ from vltool.errors import DatasetError
 from vltool.templates import Template
 
 
+def length_stats(lengths: list[int]) -> tuple[int, int, int, int]:
+    """``(min, median, p95, max)`` of token lengths (zeros for an empty list)."""
+    ordered = sorted(lengths) or [0]
+    return ordered[0], ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], ordered[-1]
+
+
 @dataclass
 class LengthReport:
     """What tokenisation did to a dataset, for logs and ``check-dataset``."""
@@ -29,12 +35,10 @@ class LengthReport:
 
     def summary(self, max_length: int, truncation: str) -> str:
         """One line: sample count, length statistics and what happened to long samples."""
-        lengths = sorted(self.lengths)
-        if not lengths:
+        if not self.lengths:
             return "no samples"
-        pct = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
-        line = (f"{len(lengths)} samples; tokens min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
-                f"p95 {pct}, max {lengths[-1]}")
+        low, median, p95, high = length_stats(self.lengths)
+        line = f"{len(self.lengths)} samples; tokens min {low}, median {median}, p95 {p95}, max {high}"
         if self.truncated or self.dropped:
             action = "truncated" if truncation == "truncate" else "dropped"
             count = len(self.truncated) if truncation == "truncate" else len(self.dropped)
