@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass, field
 
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass

@@ -43,18 +43,18 @@ class Template:
     stop_words: tuple[str, ...]
     drop_user_text: bool = False
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    def render(self, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
         """Render a conversation.
+
+        A conversation that ends with a user turn renders as a generation prompt: the user
+        format already ends with the header that opens the assistant's reply.
 
         Args:
             messages: turns; an optional leading system turn, then user/assistant turns.
-            add_generation_prompt: the conversation ends with a user turn whose rendering
-                already opens the assistant reply; nothing else is needed (kept for clarity).
 
         Returns:
             The text, and the ``(start, end)`` character spans that are learned.
         """
-        del add_generation_prompt  # the user format always ends with the assistant header
         system = self.default_system
         if messages and messages[0].role == "system":
             system, messages = messages[0].content, messages[1:]
