@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
-from mmengine.runner import Runner
+from mmengine.runner import Runner, set_random_seed
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
@@ -142,6 +142,9 @@ def build_runner(cfg: Config, work_dir: str | None = None) -> Runner:
     config_name = Path(cfg.filename).stem if cfg.filename else "vltool"
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / config_name)
     prepare_data(cfg)
+    randomness = cfg.get("randomness", dict(seed=0))
+    # the model is built before the Runner exists, so seed here or its initial weights vary run to run
+    set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
     parts = build_parts(cfg)
     dataset = build_train_dataset(cfg, parts)
     return Runner(
@@ -155,7 +158,7 @@ def build_runner(cfg: Config, work_dir: str | None = None) -> Runner:
         custom_hooks=_hooks(cfg, parts),
         log_processor=cfg.get("log_processor"),
         visualizer=cfg.get("visualizer"),
-        randomness=cfg.get("randomness", dict(seed=0)),
+        randomness=randomness,
         env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
         launcher=cfg.get("launcher", "none"),
         load_from=cfg.get("load_from"),

@@ -87,7 +87,7 @@ train_dataloader = dict(
 # ---------------- schedule and runtime ----------------
 precision = "fp32"
 optim_wrapper.optimizer.update(lr=lr, weight_decay=0.0, fused=True)
-lr_schedule.update(warmup_ratio=0.04, min_lr_ratio=0.1)
+lr_schedule.update(warmup_ratio=0.04, min_lr_ratio=0.0)
 train_cfg.update(max_iters=max_iters)
 default_hooks.checkpoint.update(interval=250, max_keep_ckpts=2)
 default_hooks.logger.update(interval=10)

@@ -1,0 +1,44 @@
+"""The runner built from a config: seeded model init, trainable-only checkpoints."""
+
+import json
+
+import torch
+from PIL import Image
+
+from vltool.engine.config import load_config
+from vltool.engine.runner import build_runner
+
+
+def tiny_demo(tmp_path, seed):
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "r.png")
+    record = {
+        "image": "r.png",
+        "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}],
+    }
+    (tmp_path / "d.json").write_text(json.dumps([record] * 8))
+    cfg = load_config(
+        "demo",
+        [
+            f"train_dataloader.dataset.data_path={tmp_path / 'd.json'}",
+            f"train_dataloader.dataset.image_folder={tmp_path}",
+            "train_cfg.max_iters=2",
+            "train_dataloader.batch_size=4",
+            "custom_hooks=[]",
+            "data_preparation=None",
+            f"randomness.seed={seed}",
+        ],
+    )
+    return build_runner(cfg, str(tmp_path / f"work{seed}"))
+
+
+def test_same_seed_same_initial_weights_and_checkpoint_holds_trainable_only(tmp_path):
+    first, again, other = (tiny_demo(tmp_path, s).model.vlm for s in (3, 3, 4))
+    torch.testing.assert_close(first.projector.linear_1.weight, again.projector.linear_1.weight)
+    assert not torch.equal(first.projector.linear_1.weight, other.projector.linear_1.weight)
+
+    runner = tiny_demo(tmp_path, 5)
+    runner.train()
+    checkpoint = torch.load(tmp_path / "work5" / "iter_2.pth", map_location="cpu", weights_only=False)
+    keys = set(checkpoint["state_dict"])
+    assert "vlm.projector.linear_1.weight" in keys and "vlm.llm.lm_head.weight" in keys
+    assert "vlm.llm.model.embed_tokens.weight" not in keys  # frozen in the demo, so not saved
