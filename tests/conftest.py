@@ -22,30 +22,30 @@ def tokenizer():
     return tok
 
 
+# one shape for every tiny vision tower (CLIP or SigLIP) and every tiny Qwen2 in the tests
+TINY_VISION = dict(patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_QWEN2 = dict(
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+
+
 def tiny_clip(image_size: int = IMAGE_SIZE) -> CLIPVisionModel:
-    config = CLIPVisionConfig(
-        image_size=image_size,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    )
-    return CLIPVisionModel(config)
+    return CLIPVisionModel(CLIPVisionConfig(image_size=image_size, **TINY_VISION))
 
 
-def tiny_qwen2() -> Qwen2ForCausalLM:
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(config)
+def tiny_qwen2_config(**overrides) -> Qwen2Config:
+    return Qwen2Config(**{**TINY_QWEN2, **overrides})
+
+
+def tiny_qwen2(**overrides) -> Qwen2ForCausalLM:
+    return Qwen2ForCausalLM(tiny_qwen2_config(**overrides))
 
 
 def tiny_image_processor(image_size: int = IMAGE_SIZE) -> CLIPImageProcessor:

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from conftest import tiny_image_processor
+from conftest import TINY_VISION, tiny_image_processor, tiny_qwen2_config
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
-    Qwen2Config,
     Qwen2ForCausalLM,
     SiglipImageProcessor,
     SiglipVisionConfig,
@@ -29,42 +28,17 @@ def make_tiny(cfg):
     model_type = resolve_type(cfg.model.vision_encoder.model.type)  # a dumped copy names types as strings
     encoder_class = getattr(model_type, "__self__", model_type)
     if encoder_class is SiglipVisionModel:
-        config = SiglipVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        )
+        config = SiglipVisionConfig(image_size=32, **TINY_VISION)
         cfg.image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     else:
         assert encoder_class is CLIPVisionModel
-        config = CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        )
+        config = CLIPVisionConfig(image_size=32, **TINY_VISION)
         cfg.image_processor = tiny_image_processor(32)
     cfg.model.vision_encoder.model = dict(type=encoder_class, config=config)
     if cfg.model.vision_encoder.get("image_size"):
         cfg.model.vision_encoder.image_size = 48  # run above the native size, as the Qwen-VL recipe does
         cfg.image_processor = tiny_image_processor(48)
-    cfg.model.llm = dict(
-        type=Qwen2ForCausalLM,
-        config=Qwen2Config(
-            vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        ),
-    )
+    cfg.model.llm = dict(type=Qwen2ForCausalLM, config=tiny_qwen2_config())
     cfg.tokenizer = dict(type=load_qwen2_tokenizer)
     return cfg
 

@@ -96,24 +96,13 @@ def test_freeze_flags_and_trainable_state(tiny_vlm, tokenizer):
 
 
 def test_frozen_input_embeddings_keep_head_training(tokenizer):
-    from conftest import tiny_clip
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from conftest import tiny_clip, tiny_qwen2
 
     from vltool.model.projectors import MLPProjector
     from vltool.model.vision_encoder import VisionEncoder
     from vltool.model.vlm import VisionLanguageModel
 
-    llm = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=False,
-        )
-    )
+    llm = tiny_qwen2(num_hidden_layers=1, tie_word_embeddings=False)
     model = VisionLanguageModel(
         VisionEncoder(tiny_clip()),
         MLPProjector(32, 64),
