@@ -11,5 +11,6 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".${extras}"
+# DeepSpeed builds its ops just in time on first use (needs g++), not at install
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -e ".${extras}"
 .venv/bin/python -c "import torch, transformers, mmengine; print(f'vltool installed: torch {torch.__version__}, transformers {transformers.__version__}, mmengine {mmengine.__version__}')"
