@@ -1,6 +1,7 @@
 """Build the mmengine Runner (and the parts it trains) from a vltool config."""
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -8,9 +9,10 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
+from mmengine.dist import barrier, is_distributed, is_main_process
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
-from mmengine.runner import Runner, set_random_seed
+from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
@@ -18,6 +20,8 @@ from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.images import ImageTransform
 from vltool.data.sampler import LengthGroupedSampler
+from vltool.engine.checkpoint import find_resume_checkpoint, load_pretrained
+from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
@@ -132,26 +136,74 @@ def _hooks(cfg: Config, parts: Parts) -> list[Any]:
     return hooks
 
 
-def build_runner(cfg: Config, work_dir: str | None = None) -> Runner:
-    """Prepare data, build the parts and dataset, and return a ready mmengine ``Runner``.
+def check_gpu_only_options(cfg: Config) -> None:
+    """Refuse settings that need a GPU when there is none, saying so plainly.
+
+    Raises:
+        ConfigError: e.g. flash attention on a CPU-only machine.
+    """
+    if torch.cuda.is_available():
+        return
+    attention = cfg.model.get("llm", {}).get("attn_implementation")
+    if attention == "flash_attention_2":
+        raise ConfigError(
+            "model.llm.attn_implementation='flash_attention_2' needs a CUDA GPU with flash-attn; this machine has "
+            "no GPU: use 'sdpa' (or remove the setting)."
+        )
+
+
+def _ddp_wrapper_cfg(cfg: Config) -> dict[str, Any]:
+    """DistributedDataParallel settings; a vision encoder idle on text-only batches needs unused-parameter search."""
+    return dict(
+        type="MMDistributedDataParallel",
+        device_ids=[torch.cuda.current_device()] if torch.cuda.is_available() else None,  # CPU DDP takes None
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", True),
+    )
+
+
+def build_runner(
+    cfg: Config,
+    work_dir: str | None = None,
+    deepspeed: str | None = None,
+    resume: str | None = None,
+    launcher: str | None = None,
+) -> Runner:
+    """Start the processes' group, prepare data, build the parts and dataset, and return a ready runner.
 
     Args:
         cfg: a loaded vltool config (see docs/configs.md for its keys).
         work_dir: where checkpoints and logs go; default ``work_dirs/<config name>``.
+        deepspeed: a shipped DeepSpeed config name (``zero2``, ...) or a JSON path; the run then
+            uses mmengine's ``FlexibleRunner`` with DeepSpeed.
+        resume: ``auto`` for the work dir's latest checkpoint, or a checkpoint path.
+        launcher: ``none``, ``pytorch`` or ``slurm``; default: ``pytorch`` under torchrun.
     """
     config_name = Path(cfg.filename).stem if cfg.filename else "vltool"
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / config_name)
-    prepare_data(cfg)
+    check_gpu_only_options(cfg)
+    resume_from = find_resume_checkpoint(cfg.work_dir, resume) if resume else None
+    ds_config = None
+    if deepspeed:
+        from vltool.engine import deepspeed as ds  # imports deepspeed: only for DeepSpeed runs
+
+        ds_config = ds.fill_deepspeed_config(ds.read_deepspeed_config(deepspeed), cfg, torch.cuda.is_available())
+    init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
+    if is_main_process():
+        prepare_data(cfg)
+    barrier()
     randomness = cfg.get("randomness", dict(seed=0))
     # the model is built before the Runner exists, so seed here or its initial weights vary run to run
     set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
-    parts = build_parts(cfg)
+    with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
+        parts = build_parts(cfg)
+    if cfg.get("pretrained_pth"):
+        load_pretrained(parts.model, cfg.pretrained_pth)
     dataset = build_train_dataset(cfg, parts)
-    return Runner(
+    common = dict(
         model=TrainingModel(parts.model),
         work_dir=cfg.work_dir,
         train_dataloader=_dataloader_cfg(cfg, dataset, parts.tokenizer.pad_token_id),
-        optim_wrapper=_optim_wrapper_cfg(cfg),
         param_scheduler=_param_scheduler_cfg(cfg),
         train_cfg=cfg.train_cfg,
         default_hooks=cfg.get("default_hooks"),
@@ -159,9 +211,18 @@ def build_runner(cfg: Config, work_dir: str | None = None) -> Runner:
         log_processor=cfg.get("log_processor"),
         visualizer=cfg.get("visualizer"),
         randomness=randomness,
-        env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
-        launcher=cfg.get("launcher", "none"),
-        load_from=cfg.get("load_from"),
-        resume=cfg.get("resume", False),
+        launcher="pytorch" if is_distributed() else "none",  # the group is already up; mmengine joins it
+        load_from=resume_from or cfg.get("load_from"),
+        resume=resume_from is not None,
         cfg=cfg,
     )
+    if ds_config is not None:
+        optimizer = ds.deepspeed_optimizer_cfg(cfg.optim_wrapper.optimizer, ds_config)
+        return FlexibleRunner(
+            strategy=ds.strategy_cfg(ds_config),
+            optim_wrapper=dict(type="DeepSpeedOptimWrapper", optimizer=optimizer),
+            **common,
+        )
+    if "model_wrapper_cfg" not in cfg:  # mmengine's Runner reads it from the config
+        cfg.model_wrapper_cfg = _ddp_wrapper_cfg(cfg)
+    return Runner(optim_wrapper=_optim_wrapper_cfg(cfg), env_cfg=cfg.get("env_cfg", {}), **common)

@@ -98,7 +98,19 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean next-token cross-entropy over supervised positions.
+        """Mean next-token cross-entropy over supervised positions (arguments as :meth:`loss_sum`)."""
+        total, count = self.loss_sum(input_ids, labels, attention_mask, pixel_values, position_ids)
+        return total / count
+
+    def loss_sum(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over supervised positions, and how many there are.
 
         The LM head runs only on positions whose next token is learned: with a 152k vocabulary
         the full ``[batch, seq, vocab]`` logits would be the largest activation in the model.
@@ -108,6 +120,9 @@ class VisionLanguageModel(nn.Module):
                 where nothing is learned.
             pixel_values: ``[num_images, 3, H, W]`` or None.
             position_ids: ``[batch, seq_len]`` or None.
+
+        Returns:
+            ``(loss_sum, num_supervised)``: two scalars; the count is a long tensor.
         """
         embeds = self.embed(input_ids, pixel_values)
         hidden = self.llm.get_decoder()(
@@ -116,7 +131,8 @@ class VisionLanguageModel(nn.Module):
         targets = labels[:, 1:]  # position t predicts token t + 1
         supervised = targets != IGNORE_INDEX  # [batch, seq - 1]
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])  # [n_supervised, vocab]
-        return F.cross_entropy(logits.float(), targets[supervised])
+        total = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+        return total, supervised.sum()
 
     @torch.no_grad()
     def generate(

@@ -1,24 +1,25 @@
 # Runtime shared by every recipe: logging, checkpoints, progress, seeds.
-from mmengine.hooks import CheckpointHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.hooks import IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
 
+from vltool.engine.checkpoint import AtomicCheckpointHook, RngStateHook
 from vltool.engine.hooks import LossCurveHook, RichProgressHook, SupervisedTokensHook
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=2),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=2),
 )
 custom_hooks = [
     dict(type=SupervisedTokensHook),
     dict(type=RichProgressHook),
     dict(type=LossCurveHook),
+    dict(type=RngStateHook),
 ]
 log_processor = dict(by_epoch=False, window_size=10)
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl"))
 randomness = dict(seed=0, deterministic=False)
-launcher = "none"
 load_from = None
 resume = False
