@@ -6,7 +6,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import check_dataset, configs, train
+from vltool.cli import check_dataset, configs, prepare_dataset, train
 from vltool.errors import VltoolError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown
 app.command("list-cfg")(configs.list_cfg)
 app.command("copy-cfg")(configs.copy_cfg)
 app.command("check-dataset", context_settings={"allow_extra_args": True})(check_dataset.check_dataset)
+app.command("prepare-dataset", context_settings={"allow_extra_args": True})(prepare_dataset.prepare_dataset)
 
 
 def main() -> None:
@@ -52,3 +53,7 @@ def _fail(message: str) -> None:
         traceback.print_exc()
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m vltool.cli.app`: how torchrun reruns `vltool train`
+    main()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.dist import barrier, is_distributed, is_main_process
+from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
 from mmengine.runner import FlexibleRunner, Runner, set_random_seed
@@ -18,6 +18,12 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
+from vltool.data.distributed import (
+    DATASET_PREPARE_TIMEOUT_KEY,
+    DEFAULT_DATASET_PREPARE_TIMEOUT_S,
+    broadcast_from_rank0,
+    build_dataset_once,
+)
 from vltool.data.images import ImageTransform
 from vltool.data.sampler import LengthGroupedSampler
 from vltool.engine.checkpoint import find_resume_checkpoint, load_pretrained
@@ -63,15 +69,21 @@ def build_parts(cfg: Config) -> Parts:
     return Parts(tokenizer, template, build(cfg.image_processor), model)
 
 
+def _prepare_timeout(cfg: Config) -> float:
+    return float(cfg.get(DATASET_PREPARE_TIMEOUT_KEY, DEFAULT_DATASET_PREPARE_TIMEOUT_S))
+
+
 def build_train_dataset(cfg: Config, parts: Parts) -> VisionLanguageDataset:
-    """The training dataset, given the built tokenizer, template and model."""
-    return build(
+    """The training dataset, given the built tokenizer, template and model; tokenised on rank 0 only."""
+    build_dataset = partial(
+        build,
         cfg.train_dataloader.dataset,
         tokenizer=parts.tokenizer,
         template=parts.template,
         image_processor=parts.image_processor,
         image_seq_length=parts.model.image_seq_length,
     )
+    return build_dataset_once(build_dataset, _prepare_timeout(cfg))
 
 
 def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
@@ -189,9 +201,8 @@ def build_runner(
 
         ds_config = ds.fill_deepspeed_config(ds.read_deepspeed_config(deepspeed), cfg, torch.cuda.is_available())
     init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
-    if is_main_process():
-        prepare_data(cfg)
-    barrier()
+    # rank 0 writes the data; the others wait under dataset_prepare_timeout and see its errors
+    broadcast_from_rank0(partial(prepare_data, cfg), _prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
     randomness = cfg.get("randomness", dict(seed=0))
     # the model is built before the Runner exists, so seed here or its initial weights vary run to run
     set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))

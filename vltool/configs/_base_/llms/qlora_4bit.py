@@ -1,4 +1,6 @@
-# QLoRA: the LLM loads in 4-bit NF4 with double quantisation (bitsandbytes), bf16 compute.
+# QLoRA: the LLM loads in 4-bit NF4 with double quantisation (bitsandbytes), bf16 compute
+# (float32 on a machine without CUDA); LoRA r=64 on every linear layer except the LM head.
+# Apply `llm_quantization` to the llm dict: `llm=dict(**llm, **llm_quantization)`.
 import torch
 from peft import LoraConfig
 from transformers import BitsAndBytesConfig

@@ -21,5 +21,6 @@ log_processor = dict(by_epoch=False, window_size=10)
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl"))
 randomness = dict(seed=0, deterministic=False)
+dataset_prepare_timeout = 1800  # seconds the other ranks wait while rank 0 tokenises
 load_from = None
 resume = False
