@@ -7,6 +7,7 @@ import typer
 from rich.console import Console
 
 from vltool.cli import check_dataset, configs, prepare_dataset, train
+from vltool.cli.train import expand_bare_resume
 from vltool.errors import VltoolError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command("prepare-dataset", context_settings={"allow_extra_args": True})(prep
 
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 1; ``--debug`` shows tracebacks."""
+    sys.argv = expand_bare_resume(sys.argv)
     try:
         # without standalone mode click returns a command's exit code instead of exiting
         code = app(standalone_mode=False)

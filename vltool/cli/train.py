@@ -6,6 +6,20 @@ import typer
 
 from vltool.cli.options import CFG_OPTIONS, collect_cfg_options
 
+RESUME_LATEST = "auto"
+
+
+def expand_bare_resume(argv: list[str]) -> list[str]:
+    """``--resume`` with no value (last, or followed by another option) -> ``--resume auto``.
+
+    Typer has no optional-value options; XTuner users type a bare ``--resume``.
+    """
+    expanded = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            expanded[i] = f"--resume={RESUME_LATEST}"
+    return expanded
+
 
 def train(
     ctx: typer.Context,
@@ -19,8 +33,6 @@ def train(
     resume: str = typer.Option(
         None,
         "--resume",
-        flag_value="auto",
-        is_flag=False,
         help="Continue from the work dir's latest checkpoint (--resume) or from a given one (--resume PATH).",
     ),
     launcher: str = typer.Option(

@@ -11,12 +11,27 @@ import torch
 from mmengine.dist import all_gather_object, barrier, get_rank, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 from vltool.errors import ConfigError
 
 LAST_CHECKPOINT = "last_checkpoint"
 PREFIX = "vlm."  # TrainingModel's state-dict prefix
+
+
+@CheckpointLoader.register_scheme(prefixes="", force=True)
+def load_local_checkpoint(filename: str, map_location: Any = None) -> Any:
+    """The mmengine local-file loader again, with ``weights_only=False`` (registered on import).
+
+    torch >= 2.6 loads with ``weights_only=True`` by default, which refuses what mmengine itself
+    puts in a checkpoint (message-hub history buffers, numpy RNG state), so ``--resume`` would
+    fail. vltool resumes from checkpoints its own runs wrote, which are trusted.
+    """
+    path = Path(filename).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{filename} can not be found.")
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def _is_partitioned(param: torch.Tensor) -> bool:
@@ -133,7 +148,7 @@ def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
 
 
 def find_resume_checkpoint(work_dir: str | Path, resume: str) -> str:
-    """The checkpoint ``--resume`` means: ``auto`` for the work dir's latest, else the given path.
+    """The checkpoint ``--resume`` means: ``auto`` (a bare ``--resume``) for the work dir's latest, else a path.
 
     Raises:
         ConfigError: nothing to resume, naming where vltool looked.

@@ -1,20 +1,40 @@
-"""Training hooks: supervised tokens/s, a rich progress bar, the loss-curve PNG, held-out accuracy."""
+"""Training hooks: tokens/s, a progress bar, the loss-curve PNG, held-out accuracy, PEFT adapter export."""
 
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from peft import PeftModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vltool.constants import IGNORE_INDEX
+from vltool.engine.checkpoint import gathered_state
+from vltool.engine.model import TrainingModel
 from vltool.eval.multiple_choice import evaluate_questions, read_questions
 from vltool.infer.pipeline import Pipeline
+from vltool.model.lora import ADAPTER_DIRS, save_adapters
+from vltool.model.vlm import VisionLanguageModel
+
+
+def unwrap(model: Any) -> VisionLanguageModel:
+    """The :class:`VisionLanguageModel` inside the runner's model (DDP and DeepSpeed wrappers included)."""
+    while not isinstance(model, TrainingModel):
+        model = model.module
+    return model.vlm
+
+
+def is_partitioned(vlm: VisionLanguageModel) -> bool:
+    """Whether ZeRO-3 partitions the model: every rank must then take part in each forward pass."""
+    return any(hasattr(param, "ds_id") for param in vlm.parameters())
 
 
 class SupervisedTokensHook(Hook):
@@ -123,7 +143,7 @@ class MultipleChoiceEvalHook(Hook):
         self.max_new_tokens = max_new_tokens
 
     def after_train(self, runner: Runner) -> None:
-        if runner.rank != 0:
+        if runner.rank != 0 and not is_partitioned(unwrap(runner.model)):
             return
         result = evaluate_questions(self.pipeline, read_questions(self.data_path), self.batch_size, self.max_new_tokens)
         for category, accuracy in result.per_category().items():
@@ -132,5 +152,38 @@ class MultipleChoiceEvalHook(Hook):
             f"held-out accuracy: {result.accuracy:.1%} on {len(result.correct)} questions "
             f"({Path(self.data_path).name}); chance is {result.chance:.0%}"
         )
+        if runner.rank != 0:
+            return
         runner.message_hub.update_info("heldout_accuracy", result.accuracy)
         (Path(runner.work_dir) / "heldout_accuracy.json").write_text(json.dumps(result.to_dict(), indent=1))
+
+
+class AdapterExportHook(Hook):
+    """Writes the LoRA adapters in PEFT's own format with every checkpoint: ``<work_dir>/adapters/``.
+
+    ``adapters/llm_adapter`` and ``adapters/vision_encoder_adapter`` (those that exist) load with
+    plain ``PeftModel.from_pretrained``; they always hold the latest checkpoint's values and are
+    replaced atomically. Under ZeRO-3 the values are gathered from every rank first.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        vlm = unwrap(runner.model)
+        adapted = [prefix for prefix in ADAPTER_DIRS if isinstance(vlm.get_submodule(prefix), PeftModel)]
+        if not adapted:
+            return
+        trainable = {
+            name
+            for name, param in vlm.named_parameters()
+            if param.requires_grad and any(name.startswith(f"{prefix}.") for prefix in adapted)
+        }
+        state = gathered_state(vlm, trainable)  # a collective under ZeRO-3: every rank calls it
+        if not is_main_process():
+            return
+        final = Path(runner.work_dir) / "adapters"
+        staging = final.with_name(".adapters.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_adapters(vlm, staging, state_dict=state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)

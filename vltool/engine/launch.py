@@ -53,8 +53,12 @@ def torchrun_command(argv: list[str], env: dict[str, str]) -> list[str] | None:
         if value is None or not value.isdigit() or (name != "NODE_RANK" and int(value) < 1):
             raise ConfigError(f"{name}={value!r} must be a positive integer (e.g. NPROC_PER_NODE=8).")
         numbers[name] = int(value)
-    if numbers["NNODES"] > 1 and not ("ADDR" in env and "PORT" in env):
+    if numbers["NODE_RANK"] >= numbers["NNODES"]:
+        raise ConfigError(f"NODE_RANK={numbers['NODE_RANK']} must be below NNODES={numbers['NNODES']}.")
+    if numbers["NNODES"] > 1 and not (env.get("ADDR") and env.get("PORT")):
         raise ConfigError("NNODES > 1 needs ADDR (the first node's address) and PORT set the same on every node.")
+    if env.get("PORT") and not env["PORT"].isdigit():
+        raise ConfigError(f"PORT={env['PORT']!r} must be a port number (e.g. PORT=29500).")
     return [
         sys.executable,
         "-m",
@@ -93,10 +97,7 @@ def slurm_environment(env: dict[str, str]) -> dict[str, str]:
         raise ConfigError(f"--launcher slurm needs srun's variables ({', '.join(missing)} unset); start it with srun.")
     address = env.get("MASTER_ADDR")
     if not address:
-        hosts = subprocess.run(
-            ["scontrol", "show", "hostname", env["SLURM_NODELIST"]], capture_output=True, text=True, check=False
-        )
-        address = hosts.stdout.split()[0] if hosts.returncode == 0 and hosts.stdout.strip() else "127.0.0.1"
+        address = _first_slurm_host(env["SLURM_NODELIST"]) or "127.0.0.1"
     return {
         "RANK": env["SLURM_PROCID"],
         "WORLD_SIZE": env["SLURM_NTASKS"],
@@ -104,6 +105,15 @@ def slurm_environment(env: dict[str, str]) -> dict[str, str]:
         "MASTER_ADDR": address,
         "MASTER_PORT": env.get("PORT") or env.get("MASTER_PORT") or "29500",
     }
+
+
+def _first_slurm_host(nodelist: str) -> str | None:
+    """The first host name of a slurm node list (``node[01-04]`` -> ``node01``), or None without scontrol."""
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostname", nodelist], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return hosts.stdout.split()[0] if hosts.returncode == 0 and hosts.stdout.strip() else None
 
 
 def resolve_launcher(launcher: str | None) -> str:

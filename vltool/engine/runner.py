@@ -31,7 +31,7 @@ from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
-from vltool.model.builder import build, build_model
+from vltool.model.builder import build, build_model, resolve_type
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template, load_template
 
@@ -91,11 +91,12 @@ def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: i
     loader = dict(cfg.train_dataloader)
     loader["dataset"] = dataset
     sampler = dict(loader.get("sampler") or dict(type=LengthGroupedSampler))
+    sampler["type"] = resolve_type(sampler["type"])  # configs dumped by copy-cfg name types as strings
     if "batch_size" in inspect.signature(sampler["type"]).parameters:
         sampler.setdefault("batch_size", loader["batch_size"])
     loader["sampler"] = sampler
     collate = dict(loader.pop("collate_fn", None) or dict(type=pad_collate))
-    loader["collate_fn"] = partial(collate.pop("type"), pad_token_id=pad_token_id, **collate)
+    loader["collate_fn"] = partial(resolve_type(collate.pop("type")), pad_token_id=pad_token_id, **collate)
     return loader
 
 
@@ -139,7 +140,7 @@ def _hooks(cfg: Config, parts: Parts) -> list[Any]:
     """Custom hooks; a hook that takes a ``pipeline`` argument gets the inference pipeline."""
     hooks = []
     for hook in cfg.get("custom_hooks", []):
-        hook_type = hook["type"]
+        hook_type = resolve_type(hook["type"])
         if "pipeline" in inspect.signature(hook_type).parameters:
             aspect = cfg.train_dataloader.dataset.get("image_aspect", "pad")
             hooks.append(build(hook, pipeline=parts.pipeline(aspect)))

@@ -3,7 +3,7 @@ from mmengine.hooks import IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
 
 from vltool.engine.checkpoint import AtomicCheckpointHook, RngStateHook
-from vltool.engine.hooks import LossCurveHook, RichProgressHook, SupervisedTokensHook
+from vltool.engine.hooks import AdapterExportHook, LossCurveHook, RichProgressHook, SupervisedTokensHook
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
@@ -16,6 +16,7 @@ custom_hooks = [
     dict(type=RichProgressHook),
     dict(type=LossCurveHook),
     dict(type=RngStateHook),
+    dict(type=AdapterExportHook),
 ]
 log_processor = dict(by_epoch=False, window_size=10)
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
