@@ -131,6 +131,11 @@ def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
         ConfigError: names in the checkpoint that the model lacks, a shape that does not fit, or
             a checkpoint with nothing this model can use.
     """
+    if not Path(path).exists():
+        raise ConfigError(
+            f"pretrained_pth {path} does not exist: train the pretrain stage first, or set "
+            "--cfg-options pretrained_pth=PATH (or pretrained_pth=None to start from a fresh projector)."
+        )
     weights = {name.removeprefix(PREFIX): value for name, value in read_weights(path).items()}
     missing, unexpected = load_parameters(vlm, weights)
     if unexpected:

@@ -1,6 +1,6 @@
 # LLaVA-1.5 stage 2, full LLM finetune for Qwen2.5-0.5B-Instruct + SigLIP-so400m/14-384.
-# LLaVA-1.5 starts this stage from the stage-1 projector; loading a pretrain checkpoint
-# (`pretrained_pth`) comes with multi-stage support and is not wired yet.
+# It starts from the stage-1 projector: run `vltool train qwen2_5_0_5b_siglip_so400m_p14_384_pretrain` first, or point
+# pretrained_pth at another pretrain checkpoint (a .pth file or a DeepSpeed checkpoint directory).
 from mmengine.config import read_base
 
 with read_base():
@@ -10,3 +10,4 @@ with read_base():
     from .._base_.recipes.llava_finetune import *  # noqa: F403
 
 model = dict(vision_encoder=vision_encoder, projector=projector, llm=llm, **stage)
+pretrained_pth = "work_dirs/qwen2_5_0_5b_siglip_so400m_p14_384_pretrain/iter_2180.pth"

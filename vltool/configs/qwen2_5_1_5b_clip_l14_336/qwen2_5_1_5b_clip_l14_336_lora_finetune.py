@@ -1,6 +1,6 @@
 # LLaVA-1.5 stage 2, LoRA finetune for Qwen2.5-1.5B-Instruct + CLIP ViT-L/14-336.
-# LLaVA-1.5 starts this stage from the stage-1 projector; loading a pretrain checkpoint
-# (`pretrained_pth`) comes with multi-stage support and is not wired yet.
+# It starts from the stage-1 projector: run `vltool train qwen2_5_1_5b_clip_l14_336_pretrain` first, or point
+# pretrained_pth at another pretrain checkpoint (a .pth file or a DeepSpeed checkpoint directory).
 from mmengine.config import read_base
 
 with read_base():
@@ -10,3 +10,4 @@ with read_base():
     from .._base_.recipes.llava_lora_finetune import *  # noqa: F403
 
 model = dict(vision_encoder=vision_encoder, projector=projector, llm=llm, **stage)
+pretrained_pth = "work_dirs/qwen2_5_1_5b_clip_l14_336_pretrain/iter_2180.pth"

@@ -1,0 +1,57 @@
+"""Multi-stage training: a finetune config's ``pretrained_pth`` loads the pretrain checkpoint, with a report."""
+
+import subprocess
+
+import pytest
+import torch
+
+from tests.engine.train_runs import train_options, vltool_command, write_colour_dataset
+from vltool.engine.checkpoint import load_pretrained
+from vltool.engine.config import load_config
+from vltool.engine.runner import build_parts
+from vltool.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return build_parts(load_config("demo", ["data_preparation=None"])).model
+
+
+def save_checkpoint(path, weights):
+    torch.save({"meta": {}, "state_dict": weights}, path)
+    return path
+
+
+def test_projector_checkpoint_loads_and_reports_the_rest(vlm, tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr("vltool.engine.checkpoint.print_log", lambda message, **_: logged.append(message))
+    projector = {f"vlm.projector.{n}": torch.full_like(p, 0.5) for n, p in vlm.projector.named_parameters()}
+    load_pretrained(vlm, save_checkpoint(tmp_path / "pretrain.pth", projector))
+    assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in vlm.projector.parameters())
+    log = "\n".join(logged)
+    assert f"loaded {len(projector)} tensors" in log
+    trainable_elsewhere = sum(p.requires_grad for n, p in vlm.named_parameters() if not n.startswith("projector"))
+    assert f"{trainable_elsewhere} trainable parameters not in the checkpoint keep their initial weights" in log
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(vlm, tmp_path):
+    weights = {"vlm.projector.linear_9.weight": torch.zeros(2, 2), "vlm.resampler.query": torch.zeros(4)}
+    with pytest.raises(ConfigError, match="unexpected keys vlm.projector.linear_9.weight|projector.linear_9.weight"):
+        load_pretrained(vlm, save_checkpoint(tmp_path / "other.pth", weights))
+    wrong_shape = {"vlm.projector.linear_1.weight": torch.zeros(3, 3)}
+    with pytest.raises(ConfigError, match=r"projector.linear_1.weight: checkpoint shape \(3, 3\) != model shape"):
+        load_pretrained(vlm, save_checkpoint(tmp_path / "shape.pth", wrong_shape))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pretrained(vlm, tmp_path / "missing.pth")
+
+
+def test_cli_reports_a_pretrained_pth_that_does_not_fit(tmp_path):
+    data = write_colour_dataset(tmp_path, samples=6)
+    bad = save_checkpoint(tmp_path / "bad.pth", {"vlm.projector.extra.weight": torch.zeros(1)})
+    options = train_options(data, 1, 2, f"pretrained_pth={bad}")
+    result = subprocess.run(
+        vltool_command("train", "demo", "--work-dir", str(tmp_path / "w"), *options), capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "projector.extra.weight" in lines[0] and "Traceback" not in result.stderr
