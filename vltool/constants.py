@@ -15,3 +15,6 @@ QWEN2_TOKENIZER_DIR = PACKAGE_DIR / "assets" / "qwen2_tokenizer"
 
 QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 """Qwen2's added special tokens, ids 151643-151645 on top of the 151,643-token BPE vocabulary."""
+
+RESUME_LATEST = "auto"
+"""What a bare ``--resume`` means: continue from the work dir's latest checkpoint."""

@@ -5,6 +5,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.engine.train_runs import logged_losses, run_train, train_options, write_colour_dataset
+from vltool.engine.checkpoint import read_weights
 
 pytestmark = pytest.mark.slow
 ITERS, GLOBAL_BATCH = 6, 8
@@ -58,3 +59,5 @@ def test_zero3_two_processes_match_one_and_save_real_weights(data, tmp_path):
     assert set(consolidated) == set(saved)
     for name, value in saved.items():
         torch.testing.assert_close(consolidated[name], value, rtol=0, atol=0, msg=name)
+    # what a finetune run's pretrained_pth reads from this directory
+    torch.testing.assert_close(read_weights(checkpoint), consolidated, rtol=0, atol=0)

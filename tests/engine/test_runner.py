@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from vltool.engine.config import load_config
-from vltool.engine.runner import build_runner
+from vltool.engine.runner import build_runner, check_gpu_only_options
+from vltool.errors import ConfigError
 
 
 def tiny_demo(tmp_path, seed):
@@ -42,3 +44,9 @@ def test_same_seed_same_initial_weights_and_checkpoint_holds_trainable_only(tmp_
     keys = set(checkpoint["state_dict"])
     assert "vlm.projector.linear_1.weight" in keys and "vlm.llm.lm_head.weight" in keys
     assert "vlm.llm.model.embed_tokens.weight" not in keys  # frozen in the demo, so not saved
+
+
+def test_gpu_only_options_are_refused_plainly_on_cpu():
+    cfg = load_config("demo", ["data_preparation=None", "model.llm.attn_implementation=flash_attention_2"])
+    with pytest.raises(ConfigError, match="flash_attention_2.*needs a CUDA GPU.*this machine has no GPU"):
+        check_gpu_only_options(cfg)

@@ -5,8 +5,7 @@ import sys
 import typer
 
 from vltool.cli.options import CFG_OPTIONS, collect_cfg_options
-
-RESUME_LATEST = "auto"
+from vltool.constants import RESUME_LATEST
 
 
 def expand_bare_resume(argv: list[str]) -> list[str]:
@@ -24,7 +23,7 @@ def expand_bare_resume(argv: list[str]) -> list[str]:
 def train(
     ctx: typer.Context,
     config: str = typer.Argument(..., help="Config file, or the name of a shipped config (see list-cfg)."),
-    work_dir: str = typer.Option(None, "--work-dir", help="Checkpoints and logs go here [default: work_dirs/NAME]."),
+    work_dir: str = typer.Option(None, "--work-dir", help="Checkpoints and logs go here (default: work_dirs/NAME)."),
     deepspeed: str = typer.Option(
         None,
         "--deepspeed",
@@ -36,7 +35,7 @@ def train(
         help="Continue from the work dir's latest checkpoint (--resume) or from a given one (--resume PATH).",
     ),
     launcher: str = typer.Option(
-        None, "--launcher", help="none, pytorch or slurm [default: pytorch under torchrun, else none]."
+        None, "--launcher", help="none, pytorch or slurm (default: pytorch under torchrun, else none)."
     ),
     seed: int = typer.Option(None, "--seed", help="Random seed (overrides randomness.seed)."),
     cfg_options: list[str] = CFG_OPTIONS,

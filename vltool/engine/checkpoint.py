@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+from vltool.constants import RESUME_LATEST
 from vltool.errors import ConfigError
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -121,6 +122,19 @@ def _names(names: list[str], limit: int = 5) -> str:
     return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
 
 
+def check_pretrained_exists(path: str | Path) -> None:
+    """Fail fast, before any model is built, when ``pretrained_pth`` names nothing.
+
+    Raises:
+        ConfigError: saying how to produce it or how to do without it.
+    """
+    if not Path(path).exists():
+        raise ConfigError(
+            f"pretrained_pth {path} does not exist: train the pretrain stage first, or set "
+            "--cfg-options pretrained_pth=PATH (or pretrained_pth=None to start from a fresh projector)."
+        )
+
+
 def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
     """Load a previous stage's checkpoint (``pretrained_pth``) into ``vlm``, reporting what matched.
 
@@ -131,13 +145,12 @@ def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
         ConfigError: names in the checkpoint that the model lacks, a shape that does not fit, or
             a checkpoint with nothing this model can use.
     """
-    if not Path(path).exists():
-        raise ConfigError(
-            f"pretrained_pth {path} does not exist: train the pretrain stage first, or set "
-            "--cfg-options pretrained_pth=PATH (or pretrained_pth=None to start from a fresh projector)."
-        )
+    check_pretrained_exists(path)
     weights = {name.removeprefix(PREFIX): value for name, value in read_weights(path).items()}
-    missing, unexpected = load_parameters(vlm, weights)
+    try:
+        missing, unexpected = load_parameters(vlm, weights)
+    except ConfigError as err:
+        raise ConfigError(f"pretrained_pth {path} does not fit this model: {err}") from None
     if unexpected:
         raise ConfigError(
             f"pretrained_pth {path} does not fit this model: unexpected keys {_names(unexpected)}; "
@@ -158,7 +171,7 @@ def find_resume_checkpoint(work_dir: str | Path, resume: str) -> str:
     Raises:
         ConfigError: nothing to resume, naming where vltool looked.
     """
-    if resume != "auto":
+    if resume != RESUME_LATEST:
         if not Path(resume).exists():
             raise ConfigError(f"--resume {resume}: no such checkpoint file or directory.")
         return str(resume)

@@ -101,6 +101,14 @@ def fill_deepspeed_config(ds_config: dict[str, Any], cfg: Config, on_gpu: bool) 
             "this DeepSpeed config offloads optimizer state or parameters from GPU to CPU memory, which needs a "
             "GPU; this machine has none, so use --deepspeed zero2 or zero3 (the model already lives in CPU memory)."
         )
+    for section in ("optimizer", "scheduler"):
+        if ds.pop(section, None) is not None:
+            print_log(
+                f"DeepSpeed config's '{section}' section is ignored: vltool builds it from the config's "
+                f"{'optim_wrapper' if section == 'optimizer' else 'lr_schedule'}.",
+                logger="current",
+                level=30,
+            )
     optim = cfg.optim_wrapper
     clip = (optim.get("clip_grad") or {}).get("max_norm", 0.0)
     precision = cfg.get("precision", "fp32") if on_gpu else "fp32"

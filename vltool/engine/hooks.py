@@ -162,8 +162,9 @@ class AdapterExportHook(Hook):
     """Writes the LoRA adapters in PEFT's own format with every checkpoint: ``<work_dir>/adapters/``.
 
     ``adapters/llm_adapter`` and ``adapters/vision_encoder_adapter`` (those that exist) load with
-    plain ``PeftModel.from_pretrained``; they always hold the latest checkpoint's values and are
-    replaced atomically. Under ZeRO-3 the values are gathered from every rank first.
+    plain ``PeftModel.from_pretrained``; they always hold the latest checkpoint's values. A new
+    copy is written aside and swapped in by renames, so a kill never leaves a half-written
+    adapter. Under ZeRO-3 the values are gathered from every rank first.
     """
 
     priority = "VERY_LOW"
@@ -182,8 +183,11 @@ class AdapterExportHook(Hook):
         if not is_main_process():
             return
         final = Path(runner.work_dir) / "adapters"
-        staging = final.with_name(".adapters.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging, retired = final.with_name(".adapters.new"), final.with_name(".adapters.old")
+        for leftover in (staging, retired):
+            shutil.rmtree(leftover, ignore_errors=True)
         save_adapters(vlm, staging, state_dict=state)
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            os.replace(final, retired)
         os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)

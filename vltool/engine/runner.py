@@ -16,6 +16,7 @@ from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
+from vltool.constants import RESUME_LATEST
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.distributed import (
@@ -26,7 +27,7 @@ from vltool.data.distributed import (
 )
 from vltool.data.images import ImageTransform
 from vltool.data.sampler import LengthGroupedSampler
-from vltool.engine.checkpoint import find_resume_checkpoint, load_pretrained
+from vltool.engine.checkpoint import check_pretrained_exists, find_resume_checkpoint, load_pretrained
 from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError
@@ -175,6 +176,14 @@ def _ddp_wrapper_cfg(cfg: Config) -> dict[str, Any]:
     )
 
 
+def _config_resume(cfg: Config) -> str | None:
+    """XTuner-style ``resume = True`` (latest) or ``resume = PATH`` in the config itself."""
+    value = cfg.get("resume")
+    if value is True:
+        return RESUME_LATEST
+    return value or None
+
+
 def build_runner(
     cfg: Config,
     work_dir: str | None = None,
@@ -195,12 +204,19 @@ def build_runner(
     config_name = Path(cfg.filename).stem if cfg.filename else "vltool"
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / config_name)
     check_gpu_only_options(cfg)
+    resume = resume or _config_resume(cfg)
     resume_from = find_resume_checkpoint(cfg.work_dir, resume) if resume else None
+    # resuming restores every trained weight, so the previous stage's checkpoint is not needed then
+    pretrained = cfg.get("pretrained_pth") if resume_from is None else None
+    if pretrained:
+        check_pretrained_exists(pretrained)
     ds_config = None
     if deepspeed:
         from vltool.engine import deepspeed as ds  # imports deepspeed: only for DeepSpeed runs
 
         ds_config = ds.fill_deepspeed_config(ds.read_deepspeed_config(deepspeed), cfg, torch.cuda.is_available())
+        if ds.zero_stage(ds_config) == 3 and cfg.model.get("llm", {}).get("quantization_config"):
+            raise ConfigError("a quantised (QLoRA) LLM cannot be partitioned by ZeRO-3; use --deepspeed zero2.")
     init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
     # rank 0 writes the data; the others wait under dataset_prepare_timeout and see its errors
     broadcast_from_rank0(partial(prepare_data, cfg), _prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
@@ -209,8 +225,8 @@ def build_runner(
     set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
     with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
         parts = build_parts(cfg)
-    if cfg.get("pretrained_pth"):
-        load_pretrained(parts.model, cfg.pretrained_pth)
+    if pretrained:
+        load_pretrained(parts.model, pretrained)
     dataset = build_train_dataset(cfg, parts)
     common = dict(
         model=TrainingModel(parts.model),
