@@ -55,3 +55,10 @@ def test_cli_reports_a_pretrained_pth_that_does_not_fit(tmp_path):
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "projector.extra.weight" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(vlm, tmp_path):
+    damaged = tmp_path / "cut.pth"
+    damaged.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"cut.pth: not a readable checkpoint"):
+        load_pretrained(vlm, damaged)

@@ -32,7 +32,16 @@ def load_local_checkpoint(filename: str, map_location: Any = None) -> Any:
     path = Path(filename).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{filename} can not be found.")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return _torch_load(path, map_location)
+
+
+def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a file vltool wrote (trusted); a file that is not one fails with one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises pickle, runtime, value and EOF errors for damaged files
+        message = f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); was it cut short?"
+        raise ConfigError(message) from None
 
 
 def _is_partitioned(param: torch.Tensor) -> bool:
@@ -110,7 +119,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise ConfigError(f"{path}: not a DeepSpeed checkpoint directory ({err}).") from None
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # vltool's own files: trusted
+    checkpoint = _torch_load(path)
     weights = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ConfigError(f"{path}: holds no model weights (expected a vltool checkpoint with a 'state_dict').")
