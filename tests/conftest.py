@@ -1,11 +1,13 @@
-"""Shared fixtures: the real Qwen2 tokenizer and tiny random-weight model parts."""
+"""Shared fixtures: the real Qwen2 tokenizer, tiny random-weight model parts, and short training runs."""
 
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
+from tests.convert.trained_runs import saved_bases, train, variant_config, write_data
 from vltool.model.projectors import MLPProjector
 from vltool.model.tokenizer import add_image_token, load_qwen2_tokenizer
 from vltool.model.vision_encoder import VisionEncoder
@@ -67,3 +69,44 @@ def tiny_vlm(tokenizer) -> VisionLanguageModel:
         freeze_llm=False,
     )
     return model.eval()
+
+
+# ---- short training runs shared by the conversion tests: each kind trains once per session, on first use
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="session")
+def bases(tmp_path_factory):
+    return saved_bases(tmp_path_factory.mktemp("bases"))
+
+
+@pytest.fixture(scope="session")
+def runs(data, bases, tmp_path_factory):
+    """Train each kind of run once per session, on first use."""
+    done = {}
+
+    def get(kind):
+        if kind not in done:
+            done[kind] = train(variant_config(kind, data, bases), tmp_path_factory.mktemp(kind))
+        return done[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def image_path(data):
+    """A non-square picture (padding to square matters): red left, blue right."""
+    image = Image.new("RGB", (80, 56), "red")
+    image.paste(Image.new("RGB", (40, 56), "blue"), (40, 0))
+    path = data.parent / "red_blue.png"
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image(image_path):
+    return Image.open(image_path).convert("RGB")

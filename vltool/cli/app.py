@@ -7,6 +7,7 @@ import typer
 from rich.console import Console
 
 from vltool.cli import check_dataset, configs, prepare_dataset, train
+from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
 from vltool.errors import VltoolError
 
@@ -30,6 +31,7 @@ app.command("list-cfg")(configs.list_cfg)
 app.command("copy-cfg")(configs.copy_cfg)
 app.command("check-dataset", context_settings={"allow_extra_args": True})(check_dataset.check_dataset)
 app.command("prepare-dataset", context_settings={"allow_extra_args": True})(prepare_dataset.prepare_dataset)
+app.add_typer(convert_app, name="convert")
 
 
 def main() -> None:

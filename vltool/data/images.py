@@ -9,6 +9,8 @@ from transformers.image_processing_utils import BaseImageProcessor
 from vltool.errors import DatasetError
 
 ASPECT_MODES = ("pad", "resize")
+DEFAULT_PADDING_MEAN = (0.5, 0.5, 0.5)
+"""Pad colour for a processor without ``image_mean`` (one that does not normalise)."""
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -37,13 +39,19 @@ def pad_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return canvas
 
 
+def padding_mean(image_processor: BaseImageProcessor) -> tuple[float, ...]:
+    """The mean colour (0-1 per channel) that ``pad`` mode fills with: the processor's, else mid-grey."""
+    return tuple(getattr(image_processor, "image_mean", None) or DEFAULT_PADDING_MEAN)
+
+
 class ImageTransform:
     """PIL image -> normalised pixel tensor ``[3, H, W]`` through the encoder's image processor.
 
     Args:
         image_processor: a Hugging Face image processor (CLIP or SigLIP).
         aspect: ``pad`` pads to square with the processor's mean colour first (no content is
-            cropped away); ``resize`` leaves the processor's own resize/crop to do the work.
+            cropped away), each channel ``int(mean * 255)``, truncated as LLaVA does; ``resize``
+            leaves the processor's own resize/crop to do the work.
     """
 
     def __init__(self, image_processor: BaseImageProcessor, aspect: str = "pad") -> None:
@@ -51,8 +59,9 @@ class ImageTransform:
             raise DatasetError(f"unknown image aspect mode '{aspect}'; use one of {', '.join(ASPECT_MODES)}.")
         self.image_processor = image_processor
         self.aspect = aspect
-        mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
-        self.background = tuple(int(round(255 * m)) for m in mean)
+        # Truncate, not round: original LLaVA's expand2square and transformers' LlavaImageProcessor
+        # both use int(x * 255) (CLIP's mean gives 122, 116, 104), so exported models see the same pixels.
+        self.background = tuple(int(m * 255) for m in padding_mean(image_processor))
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images into ``[num_images, 3, H, W]``."""

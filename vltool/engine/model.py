@@ -28,6 +28,13 @@ class TrainingModel(BaseModel):
         super().__init__()
         self.vlm = vlm
 
+    def init_weights(self) -> None:
+        """Nothing to initialise: weights come from pretrained parts, the builder's seed and checkpoints.
+
+        mmengine's default pass only records each parameter's mean for its log, and fails on
+        the uint8 storage of 4-bit and 8-bit (QLoRA) weights.
+        """
+
     def forward(
         self,
         input_ids: torch.Tensor,

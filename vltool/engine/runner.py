@@ -70,6 +70,19 @@ def build_parts(cfg: Config) -> Parts:
     return Parts(tokenizer, template, build(cfg.image_processor), model)
 
 
+def build_seeded_parts(cfg: Config) -> Parts:
+    """:func:`build_parts` right after seeding with the config's ``randomness``.
+
+    Parts built from a config rather than loaded by name (the demo's LLM and encoder) start
+    from random weights, and checkpoints hold only what trains. Seeding here, the one place
+    training and ``convert`` both build through, gives frozen random weights that are the same
+    at conversion time as they were in training.
+    """
+    randomness = cfg.get("randomness", dict(seed=0))
+    set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
+    return build_parts(cfg)
+
+
 def _prepare_timeout(cfg: Config) -> float:
     return float(cfg.get(DATASET_PREPARE_TIMEOUT_KEY, DEFAULT_DATASET_PREPARE_TIMEOUT_S))
 
@@ -220,11 +233,8 @@ def build_runner(
     init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
     # rank 0 writes the data; the others wait under dataset_prepare_timeout and see its errors
     broadcast_from_rank0(partial(prepare_data, cfg), _prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
-    randomness = cfg.get("randomness", dict(seed=0))
-    # the model is built before the Runner exists, so seed here or its initial weights vary run to run
-    set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
     with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
-        parts = build_parts(cfg)
+        parts = build_seeded_parts(cfg)
     if pretrained:
         load_pretrained(parts.model, pretrained)
     dataset = build_train_dataset(cfg, parts)
@@ -238,7 +248,7 @@ def build_runner(
         custom_hooks=_hooks(cfg, parts),
         log_processor=cfg.get("log_processor"),
         visualizer=cfg.get("visualizer"),
-        randomness=randomness,
+        randomness=cfg.get("randomness", dict(seed=0)),
         launcher="pytorch" if is_distributed() else "none",  # the group is already up; mmengine joins it
         load_from=resume_from or cfg.get("load_from"),
         resume=resume_from is not None,

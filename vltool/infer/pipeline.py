@@ -13,6 +13,16 @@ from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template
 
 
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+    """Ids of the template's stop words that are single tokens: generation ends on them.
+
+    A word is kept when its id maps back to the same token; testing against ``unk_token_id``
+    instead would drop Qwen2's ``<|endoftext|>``, which is also its unknown token.
+    """
+    ids = {word: tokenizer.convert_tokens_to_ids(word) for word in template.stop_words}
+    return [i for word, i in ids.items() if i is not None and tokenizer.convert_ids_to_tokens(i) == word]
+
+
 @dataclass
 class Pipeline:
     """Everything needed to answer prompts: model, tokenizer, template and image transform."""
@@ -65,8 +75,7 @@ class Pipeline:
         pixel_values = self.image_transform(flat_images).to(device) if flat_images else None
         was_training = self.model.training
         self.model.eval()
-        stop_ids = [self.tokenizer.convert_tokens_to_ids(w) for w in self.template.stop_words]
-        stop_ids = [i for i in stop_ids if i is not None and i != self.tokenizer.unk_token_id]
+        stop_ids = stop_token_ids(self.tokenizer, self.template)
         options = {"do_sample": False, **generate_kwargs}
         new_tokens = self.model.generate(
             input_ids.to(device),

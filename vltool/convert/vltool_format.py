@@ -1,0 +1,121 @@
+"""The ``vltool`` format: every projector kind, full parts or adapters on named bases, and a JSON manifest.
+
+Layout of a saved model directory::
+
+    vltool_model.json      the manifest: parts, template, image token, feature layer, aspect
+    llm/                   a Hugging Face causal LM            (or llm_adapter/ + a named base)
+    vision_encoder/        a CLIP/SigLIP vision model          (or vision_encoder_adapter/ + base)
+    projector/             config.json (class and sizes) + model.safetensors
+    tokenizer/             with the image token
+    image_processor/       the encoder's image processor
+"""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+from transformers.image_processing_utils import BaseImageProcessor
+
+from vltool.constants import IMAGE_TOKEN
+from vltool.model import projectors
+from vltool.model.vlm import VisionLanguageModel
+from vltool.templates import Template
+
+MANIFEST = "vltool_model.json"
+FORMAT_VERSION = 1
+PROJECTOR_WEIGHTS = "model.safetensors"
+
+
+def projector_spec(projector: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The projector's class name and constructor arguments, as the manifest stores them."""
+    cls = type(projector)
+    if getattr(projectors, cls.__name__, None) is not cls:
+        raise TypeError(f"{cls.__name__} is not a vltool projector (vltool.model.projectors)")
+    return {"type": cls.__name__, **kwargs}
+
+
+def save_projector(projector: nn.Module, spec: dict[str, Any], folder: Path, dtype: torch.dtype) -> None:
+    """Write ``config.json`` (``spec``) and the weights as safetensors."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(spec, indent=2) + "\n")
+    state = {name: value.detach().to(dtype).contiguous() for name, value in projector.state_dict().items()}
+    save_file(state, folder / PROJECTOR_WEIGHTS)
+
+
+def _save_part(
+    part: nn.Module, name: str, save_dir: Path, base: dict[str, Any] | None, dtype: torch.dtype, shard: str
+) -> dict[str, Any]:
+    """Save an LLM or vision model whole or, with ``base``, as its PEFT adapter.
+
+    Returns:
+        The manifest entry: ``{"path": name}`` or ``{"adapter": f"{name}_adapter", **base}``.
+    """
+    if base is not None:
+        folder = f"{name}_adapter"
+        part.save_pretrained(save_dir / folder, save_embedding_layers=False)
+        return {"adapter": folder, **base}
+    part.to(dtype).save_pretrained(save_dir / name, max_shard_size=shard)
+    return {"path": name}
+
+
+def save_vltool(
+    vlm: VisionLanguageModel,
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: BaseImageProcessor,
+    image_aspect: str,
+    template: Template,
+    projector_kwargs: dict[str, Any],
+    adapter_bases: dict[str, dict[str, Any]],
+    save_dir: Path,
+    dtype: torch.dtype,
+    max_shard_size: str,
+) -> dict[str, Any]:
+    """Write ``vlm`` and what it needs to answer prompts in the vltool format.
+
+    Args:
+        vlm: the trained model; adapters of parts not in ``adapter_bases`` already merged.
+        tokenizer, image_processor, image_aspect, template: as in training.
+        projector_kwargs: the projector's constructor arguments (sizes, depth, queries...).
+        adapter_bases: ``{"llm": {...}, "vision_encoder": {...}}`` for parts saved as adapters:
+            each value names the base (``base``), and how it loads (``quantization`` for the
+            LLM, ``class`` for the vision model); parts not listed are saved whole.
+        save_dir: an empty folder.
+        dtype: dtype of the saved full weights (adapters keep theirs).
+        max_shard_size: safetensors shard size for the LLM and the vision model.
+
+    Returns:
+        The manifest.
+    """
+    encoder = vlm.vision_encoder
+    manifest = {
+        "format": "vltool",
+        "format_version": FORMAT_VERSION,
+        "llm": _save_part(vlm.llm, "llm", save_dir, adapter_bases.get("llm"), dtype, max_shard_size),
+        "vision_encoder": {
+            **_save_part(
+                encoder.model, "vision_encoder", save_dir, adapter_bases.get("vision_encoder"), dtype, max_shard_size
+            ),
+            "feature_layer": encoder.feature_layer,
+            "select_strategy": encoder.select_strategy,
+            "image_size": encoder.image_size,
+        },
+        "projector": {"path": "projector"},
+        "tokenizer": "tokenizer",
+        "image_processor": "image_processor",
+        "image_aspect": image_aspect,
+        "image_token": IMAGE_TOKEN,
+        "image_token_id": vlm.image_token_id,
+        "image_seq_length": vlm.image_seq_length,
+        "dtype": str(dtype).removeprefix("torch."),
+        "template": asdict(template),
+    }
+    save_projector(vlm.projector, projector_spec(vlm.projector, projector_kwargs), save_dir / "projector", dtype)
+    tokenizer.save_pretrained(save_dir / "tokenizer")
+    image_processor.save_pretrained(save_dir / "image_processor")
+    (save_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
