@@ -3,8 +3,10 @@
 import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors.torch import load_file
 
 from tests.engine.train_runs import logged_losses, run_train, train_options, write_colour_dataset
+from vltool.convert.pth_to_hf import convert_checkpoint
 from vltool.engine.checkpoint import read_weights
 
 pytestmark = pytest.mark.slow
@@ -38,6 +40,19 @@ def test_two_processes_match_single_process(data, tmp_path, single_process, deep
     for step, loss in single_process.items():
         assert losses[step] == pytest.approx(loss, abs=TOLERANCE), step
     assert losses[ITERS] < losses[1] - 0.5  # it learns
+    if deepspeed:
+        assert_converts_with_real_projector(tmp_path, tmp_path / "converted")
+
+
+def assert_converts_with_real_projector(work_dir, save_dir):
+    """``convert pth_to_hf`` reads the DeepSpeed directory: the projector saved is the trained one, in full."""
+    checkpoint = work_dir / f"iter_{ITERS}.pth"
+    convert_checkpoint(str(work_dir / "demo.py"), checkpoint, save_dir, fp32=True)
+    projector = load_file(save_dir / "projector" / "model.safetensors")
+    trained = read_weights(checkpoint)
+    assert projector["linear_1.weight"].shape == (128, 64) and projector["linear_1.weight"].abs().sum() > 0
+    for name, value in projector.items():
+        torch.testing.assert_close(value, trained[f"vlm.projector.{name}"], rtol=0, atol=0, msg=name)
 
 
 def test_zero3_two_processes_match_one_and_save_real_weights(data, tmp_path):
@@ -61,3 +76,4 @@ def test_zero3_two_processes_match_one_and_save_real_weights(data, tmp_path):
         torch.testing.assert_close(consolidated[name], value, rtol=0, atol=0, msg=name)
     # what a finetune run's pretrained_pth reads from this directory
     torch.testing.assert_close(read_weights(checkpoint), consolidated, rtol=0, atol=0)
+    assert_converts_with_real_projector(tmp_path / "two", tmp_path / "converted")

@@ -31,6 +31,7 @@ def pth_to_hf(
     """Convert a checkpoint into a model directory that chat, mmbench and eval load."""
     from vltool.convert.pth_to_hf import convert_checkpoint  # heavy imports stay out of `vltool --help`
 
+    _quiet_transformers()
     written = convert_checkpoint(
         config,
         checkpoint,
@@ -57,5 +58,13 @@ def merge(
     """Merge a LoRA adapter into its base model and save the result with its tokenizer or image processor."""
     from vltool.convert.merge import merge_adapter
 
+    _quiet_transformers()
     merge_adapter(base, adapter, save_dir, is_clip=is_clip, max_shard_size=max_shard_size, overwrite=overwrite)
     Console().print(f"saved merged model to {save_dir}", highlight=False, soft_wrap=True)
+
+
+def _quiet_transformers() -> None:
+    """No per-shard progress bars: a conversion prints one line when it is done."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
