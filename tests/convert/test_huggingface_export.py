@@ -83,8 +83,9 @@ def test_export_layout_and_loading_back_in_vltool(runs, image, tmp_path):
     assert_same_logits(run.model, loaded, image, atol=0.1)
 
 
-def test_lora_run_exports_merged(runs, image, tmp_path):
-    run = runs("lora")
+@pytest.mark.parametrize("kind", ["pretrain", "lora"])
+def test_pretrain_and_lora_runs_export(runs, kind, image, tmp_path):
+    run = runs(kind)
     convert_checkpoint(str(run.config), run.checkpoint, tmp_path / "hf", save_format="huggingface", fp32=True)
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
     assert not [name for name, _ in hf.named_parameters() if "lora" in name]
