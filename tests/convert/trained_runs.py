@@ -5,13 +5,12 @@ from pathlib import Path
 
 import torch
 from mmengine.config import Config
-from transformers import CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
 from tests.engine.train_runs import write_colour_dataset
 from vltool.data.sample import Message
 from vltool.engine.config import load_config
 from vltool.engine.hooks import unwrap
-from vltool.engine.runner import build_runner
+from vltool.engine.runner import build_runner, build_seeded_parts
 from vltool.infer.pipeline import Pipeline
 from vltool.model.vlm import VisionLanguageModel
 
@@ -60,30 +59,11 @@ def lora(r: int = 4) -> dict:
 
 
 def saved_bases(root: Path) -> tuple[Path, Path]:
-    """A Qwen2 and a CLIP vision model of the demo's shapes, saved as named bases for QLoRA runs."""
-    torch.manual_seed(0)
+    """The demo's LLM and vision tower, saved as named bases for QLoRA runs to load."""
+    parts = build_seeded_parts(load_config("demo", ["data_preparation=None"]))
     llm_dir, clip_dir = root / "qwen2", root / "clip"
-    Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-    ).save_pretrained(llm_dir)
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            image_size=64,
-            patch_size=8,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        )
-    ).save_pretrained(clip_dir)
+    parts.model.llm.save_pretrained(llm_dir)
+    parts.model.vision_encoder.model.save_pretrained(clip_dir)
     return llm_dir, clip_dir
 
 
