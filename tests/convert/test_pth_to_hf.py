@@ -1,6 +1,7 @@
 """``vltool convert pth_to_hf``: every checkpoint kind, both formats, reloaded and compared with the live model."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -122,3 +123,15 @@ def test_adapter_folder_as_checkpoint_says_what_to_pass(runs, tmp_path):
     (tmp_path / "adapters" / "llm_adapter").mkdir(parents=True)
     with pytest.raises(ConfigError, match="is an adapter folder.*iter_N.pth.*vltool convert merge"):
         convert_checkpoint(str(run.config), tmp_path / "adapters", tmp_path / "out")
+
+
+def test_loading_names_what_a_model_directory_lacks(runs, tmp_path):
+    run = runs("pretrain")
+    convert_checkpoint(str(run.config), run.checkpoint, tmp_path / "model")
+    shutil.rmtree(tmp_path / "model" / "projector")
+    with pytest.raises(ConfigError, match=r"model is missing projector; convert the checkpoint again"):
+        load_pipeline(tmp_path / "model")
+    with pytest.raises(ConfigError, match="is not a model directory from `vltool convert pth_to_hf`"):
+        load_pipeline(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline(tmp_path / "nowhere")
