@@ -6,16 +6,18 @@ from pathlib import Path
 from mmengine.config import Config
 from peft import PeftModel
 
-from vltool.engine.checkpoint import PREFIX, check_pretrained_exists, load_parameters, load_pretrained, read_weights
+from vltool.engine.checkpoint import (
+    PREFIX,
+    check_pretrained_exists,
+    load_checked,
+    load_pretrained,
+    name_list,
+    read_weights,
+)
 from vltool.engine.runner import Parts, build_seeded_parts
 from vltool.errors import ConfigError
 from vltool.model.lora import ADAPTER_DIRS
 from vltool.model.vlm import VisionLanguageModel
-
-
-def _names(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(sorted(names)[:limit])
-    return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
 
 
 def read_checkpoint(path: str | Path) -> dict[str, object]:
@@ -65,22 +67,11 @@ def load_trained_parts(cfg: Config, checkpoint: str | Path) -> Parts:
     if pretrained:
         load_pretrained(parts.model, pretrained)
     model = parts.model
-    all_names = {name for name, _ in model.named_parameters()}
-    unexpected = [name for name in weights if name not in all_names]
-    if unexpected:
-        raise ConfigError(
-            f"checkpoint {checkpoint} does not match config {cfg.filename}: it holds {len(unexpected)} "
-            f"parameters the model lacks ({_names(unexpected)}); convert with the config it was trained with."
-        )
-    try:
-        missing, _ = load_parameters(model, weights)
-    except ConfigError as err:
-        raise ConfigError(f"checkpoint {checkpoint} does not match config {cfg.filename}: {err}") from None
+    source = f"checkpoint {checkpoint} does not match config {cfg.filename}"
+    hint = "convert with the config it was trained with."
+    missing = load_checked(model, weights, source, hint)
     if missing:
-        raise ConfigError(
-            f"checkpoint {checkpoint} does not match config {cfg.filename}: {len(missing)} trained parameters "
-            f"are missing ({_names(missing)}); convert with the config it was trained with."
-        )
+        raise ConfigError(f"{source}: {len(missing)} trained parameters are missing ({name_list(missing)}); {hint}")
     model.requires_grad_(False).eval()
     return parts
 

@@ -126,9 +126,36 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _names(names: list[str], limit: int = 5) -> str:
+def name_list(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, and how many more there are."""
     shown = ", ".join(names[:limit])
     return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
+
+
+def load_checked(vlm: nn.Module, weights: dict[str, torch.Tensor], source: str, hint: str) -> list[str]:
+    """Load ``weights`` (names without ``vlm.``) into ``vlm``, refusing any that do not fit.
+
+    Args:
+        vlm: the model.
+        weights: parameter name -> value.
+        source: what the weights are, for messages (``pretrained_pth PATH does not fit this model``).
+        hint: what to do, appended to the message.
+
+    Returns:
+        The trainable parameters ``weights`` did not cover.
+
+    Raises:
+        ConfigError: names the model lacks, or a shape that does not fit, naming them.
+    """
+    names = {name for name, _ in vlm.named_parameters()}
+    unexpected = [name for name in weights if name not in names]
+    if unexpected:  # checked before anything is copied: a mismatched file leaves the model untouched
+        raise ConfigError(f"{source}: unexpected keys {name_list(sorted(unexpected))}; {hint}")
+    try:
+        missing, _ = load_parameters(vlm, weights)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err} {hint}") from None
+    return missing
 
 
 def check_pretrained_exists(path: str | Path) -> None:
@@ -156,20 +183,17 @@ def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
     """
     check_pretrained_exists(path)
     weights = {name.removeprefix(PREFIX): value for name, value in read_weights(path).items()}
-    try:
-        missing, unexpected = load_parameters(vlm, weights)
-    except ConfigError as err:
-        raise ConfigError(f"pretrained_pth {path} does not fit this model: {err}") from None
-    if unexpected:
-        raise ConfigError(
-            f"pretrained_pth {path} does not fit this model: unexpected keys {_names(unexpected)}; "
-            "check that the config builds the same projector/LoRA layout as the run that saved it."
-        )
+    missing = load_checked(
+        vlm,
+        weights,
+        f"pretrained_pth {path} does not fit this model",
+        "check that the config builds the same projector/LoRA layout as the run that saved it.",
+    )
     print_log(f"pretrained_pth {path}: loaded {len(weights)} tensors.", logger="current")
     if missing:
         print_log(
             f"pretrained_pth: {len(missing)} trainable parameters not in the checkpoint keep their initial "
-            f"weights: {_names(missing)}",
+            f"weights: {name_list(missing)}",
             logger="current",
         )
 
