@@ -16,7 +16,7 @@ from vltool.data.images import ImageTransform, load_image
 from vltool.data.sample import Message
 from vltool.errors import ConfigError
 from vltool.infer.load import load_pipeline
-from vltool.infer.pipeline import Pipeline
+from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.templates import load_template
 
 PLAIN_SCRIPT = Path(__file__).with_name("plain_transformers_llava.py")
@@ -58,7 +58,9 @@ def test_plain_transformers_reproduces_vltool(runs, tokenizer, image_path, tmp_p
         input_ids, attention_mask, pixels, max_new_tokens=12, do_sample=False, eos_token_id=stops, pad_token_id=0
     )[0]
     assert plain["new_tokens"].tolist() == vltool_tokens.tolist()
-    answer = pipeline.answer([[Message("user", f"<image>\n{QUESTION}")]], [[image]], max_new_tokens=12)[0]
+    answer = pipeline.answer(
+        [[Message("user", f"<image>\n{QUESTION}")]], [[image]], GenerationOptions(max_new_tokens=12)
+    )[0]
     plain_text = tokenizer.decode(plain["new_tokens"])
     assert plain_text.split("<|im_end|>")[0].split("<|endoftext|>")[0].strip() == answer
 

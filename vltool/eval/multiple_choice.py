@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from PIL import Image
@@ -14,9 +13,7 @@ from PIL import Image
 from vltool.constants import IMAGE_TOKEN
 from vltool.data.sample import Message
 from vltool.errors import DatasetError
-
-if TYPE_CHECKING:
-    from vltool.infer.pipeline import Pipeline
+from vltool.infer.pipeline import GenerationOptions, Pipeline
 
 OPTION_LETTERS = "ABCDEFGHI"
 REQUIRED_COLUMNS = ("index", "question", "A", "B")
@@ -126,10 +123,11 @@ class EvalResult:
 
 
 def evaluate_questions(
-    pipeline: "Pipeline", questions: list[Question], batch_size: int = 32, max_new_tokens: int = 8
+    pipeline: Pipeline, questions: list[Question], batch_size: int = 32, max_new_tokens: int = 8
 ) -> EvalResult:
     """Answer every question greedily and score the extracted letters against ``answer``."""
     result = EvalResult()
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]
         conversations = [
@@ -137,7 +135,7 @@ def evaluate_questions(
             for q in batch
         ]
         images = [[q.image] if q.image is not None else [] for q in batch]
-        for question, answer in zip(batch, pipeline.answer(conversations, images, max_new_tokens), strict=True):
+        for question, answer in zip(batch, pipeline.answer(conversations, images, options), strict=True):
             result.categories.append(question.category)
             result.answers.append(answer)
             result.correct.append(extract_letter(answer, question.options) == question.answer)

@@ -153,7 +153,12 @@ class VisionLanguageModel(nn.Module):
             The new tokens only, ``[batch, new_len]``.
         """
         embeds = self.embed(input_ids, pixel_values)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        # the ids ride along with the embeddings so that repetition penalties and stop strings
+        # see the prompt; the model itself reads only the embeddings
+        sequences = self.llm.generate(
+            input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
+        )
+        return sequences[:, input_ids.shape[1] :]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters that train: all a checkpoint needs on top of the base weights."""
