@@ -110,3 +110,34 @@ def image_path(data):
 @pytest.fixture(scope="session")
 def image(image_path):
     return Image.open(image_path).convert("RGB")
+
+
+# ---- a converted model for chat: tiny random weights whose answers are varied text, not blanks
+
+
+@pytest.fixture(scope="session")
+def chat_model(tokenizer, tmp_path_factory) -> Path:
+    """A vltool-format model directory (fp32), as `vltool convert pth_to_hf` writes one."""
+    from vltool.convert.vltool_format import save_vltool
+    from vltool.templates import load_template
+
+    torch.manual_seed(0)
+    encoder = VisionEncoder(tiny_clip(), feature_layer=-2, select_strategy="default")
+    llm = tiny_qwen2(initializer_range=0.2)  # wider weights: greedy answers wander over the vocabulary
+    projector = MLPProjector(encoder.hidden_size, llm.config.hidden_size, depth=2)
+    vlm = VisionLanguageModel(encoder, projector, llm, image_token_id=add_image_token(tokenizer))
+    save_dir = tmp_path_factory.mktemp("chat") / "model"
+    save_dir.mkdir()
+    save_vltool(
+        vlm,
+        tokenizer,
+        tiny_image_processor(),
+        "pad",
+        load_template("qwen_chat"),
+        {"in_features": encoder.hidden_size, "out_features": llm.config.hidden_size, "depth": 2},
+        {},
+        save_dir,
+        torch.float32,
+        "2GB",
+    )
+    return save_dir

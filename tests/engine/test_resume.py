@@ -23,7 +23,7 @@ model.update(
     freeze_llm=True,
     llm_lora=dict(type="peft.LoraConfig", r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear"),
 )
-custom_hooks = [h for h in custom_hooks if "MultipleChoiceEval" not in str(h["type"])]
+custom_hooks = [h for h in custom_hooks if not any(n in str(h["type"]) for n in ("MultipleChoice", "SampleAnswers"))]
 """
 
 

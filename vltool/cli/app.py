@@ -6,7 +6,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import check_dataset, configs, prepare_dataset, train
+from vltool.cli import chat, check_dataset, configs, prepare_dataset, train
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
 from vltool.errors import VltoolError
@@ -32,6 +32,7 @@ app.command("copy-cfg")(configs.copy_cfg)
 app.command("check-dataset", context_settings={"allow_extra_args": True})(check_dataset.check_dataset)
 app.command("prepare-dataset", context_settings={"allow_extra_args": True})(prepare_dataset.prepare_dataset)
 app.add_typer(convert_app, name="convert")
+app.command("chat")(chat.chat)
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 """Image loading and preprocessing: decode, pad to square with the processor's mean colour, normalise."""
 
+import io
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -9,23 +12,50 @@ from transformers.image_processing_utils import BaseImageProcessor
 from vltool.errors import DatasetError
 
 ASPECT_MODES = ("pad", "resize")
+URL_TIMEOUT_S = 20
 DEFAULT_PADDING_MEAN = (0.5, 0.5, 0.5)
 """Pad colour for a processor without ``image_mean`` (one that does not normalise)."""
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path | io.BytesIO, name: str | None = None) -> Image.Image:
     """Open and fully decode an image as RGB.
+
+    Args:
+        path: a file, or bytes already read.
+        name: what error messages call it (default: the path).
 
     Raises:
         DatasetError: the file is missing or is not a decodable image.
     """
+    name = name or str(path)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found.") from None
+        raise DatasetError(f"{name}: image file not found.") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{name}: is a directory, not an image file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"{path}: cannot decode image ({err}); replace or remove the file.") from None
+        reason = "not an image" if isinstance(err, UnidentifiedImageError) else err
+        raise DatasetError(f"{name}: cannot decode image ({reason}); replace or remove the file.") from None
+
+
+def open_image(source: str) -> Image.Image:
+    """An image from a path or an http(s) URL, fully decoded as RGB (what chat and eval accept).
+
+    Raises:
+        DatasetError: the file is missing, the URL cannot be fetched (offline, 404, timeout), or
+            the bytes are not a decodable image.
+    """
+    if not source.startswith(("http://", "https://")):
+        return load_image(source)
+    try:
+        with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
+            data = response.read()
+    except (urllib.error.URLError, TimeoutError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise DatasetError(f"{source}: cannot download the image ({reason}); check the URL and the network.") from None
+    return load_image(io.BytesIO(data), name=source)
 
 
 def pad_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

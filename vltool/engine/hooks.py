@@ -1,4 +1,4 @@
-"""Training hooks: tokens/s, a progress bar, the loss-curve PNG, held-out accuracy, PEFT adapter export."""
+"""Training hooks: tokens/s, progress bar, loss-curve PNG, held-out accuracy, sample answers, PEFT adapter export."""
 
 import json
 import logging
@@ -13,14 +13,18 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from peft import PeftModel
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vltool.constants import IGNORE_INDEX
+from vltool.constants import IGNORE_INDEX, IMAGE_TOKEN
+from vltool.data.images import load_image
+from vltool.data.sample import Message
 from vltool.engine.checkpoint import gathered_state
 from vltool.engine.model import TrainingModel
+from vltool.errors import ConfigError, DatasetError
 from vltool.eval.multiple_choice import evaluate_questions, read_questions
-from vltool.infer.pipeline import Pipeline
+from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.model.lora import ADAPTER_DIRS, save_adapters
 from vltool.model.vlm import VisionLanguageModel
 
@@ -156,6 +160,102 @@ class MultipleChoiceEvalHook(Hook):
             return
         runner.message_hub.update_info("heldout_accuracy", result.accuracy)
         (Path(runner.work_dir) / "heldout_accuracy.json").write_text(json.dumps(result.to_dict(), indent=1))
+
+
+class SampleAnswersHook(Hook):
+    """Answers fixed questions during training so a reader can watch the model learn (XTuner's ``EvaluateChatHook``).
+
+    Every prompt is asked about every image, one image per question (an ``<image>`` line, then
+    the prompt), or without an image when there are none. The questions are answered greedily in one batch
+    before training, after every ``every_n_iters`` iterations and after training (unless the last
+    iteration was just answered). Each answer is logged, and rank 0 appends JSON lines
+    ``{"iter", "image", "prompt", "answer"}`` to ``<work_dir>/sample_answers.jsonl``. Greedy
+    decoding draws no random numbers and the model returns to train mode, so training is the
+    same with or without the hook. Under ZeRO-3 every rank generates; otherwise only rank 0.
+
+    Args:
+        pipeline: the inference pipeline (filled in by vltool's runner builder).
+        prompts: the questions.
+        images: image paths; each prompt is asked about each image. None or empty: text-only.
+            They are loaded before training starts, so a bad path stops the run at once.
+        every_n_iters: answer after every this many training iterations.
+        max_new_tokens: longest answer.
+        system: the system prompt; None keeps the template's default.
+    """
+
+    priority = "LOW"
+    FILE_NAME = "sample_answers.jsonl"
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        prompts: list[str],
+        images: list[str] | None = None,
+        every_n_iters: int = 500,
+        max_new_tokens: int = 64,
+        system: str | None = None,
+    ) -> None:
+        if not prompts:
+            raise ConfigError("SampleAnswersHook needs at least one entry in 'prompts'.")
+        if every_n_iters < 1:
+            raise ConfigError(f"SampleAnswersHook every_n_iters={every_n_iters} must be 1 or more.")
+        self.pipeline = pipeline
+        self.prompts = list(prompts)
+        self.image_paths = list(images or [])
+        self.every_n_iters = every_n_iters
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens)
+        self.system = system
+        self._images: list[Image.Image] = []
+        self._answered_at: int | None = None
+
+    def questions(self) -> list[tuple[str | None, str]]:
+        """``(image path or None, prompt)`` for every question, image by image."""
+        return [(image, prompt) for image in self.image_paths or [None] for prompt in self.prompts]
+
+    def conversations(self) -> list[list[Message]]:
+        """The questions as generation prompts, in :meth:`questions` order."""
+        system = [Message("system", self.system)] if self.system is not None else []
+        return [
+            [*system, Message("user", f"{IMAGE_TOKEN}\n{prompt}" if image is not None else prompt)]
+            for image, prompt in self.questions()
+        ]
+
+    def before_train(self, runner: Runner) -> None:
+        # every rank loads, so a bad path fails all of them at the start rather than hanging the others
+        try:
+            self._images = [load_image(path) for path in self.image_paths]
+        except DatasetError as err:
+            raise DatasetError(f"{err} Fix or remove it in SampleAnswersHook's images (custom_hooks).") from None
+        self._answer(runner, runner.iter)
+
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        if self.every_n_train_iters(runner, self.every_n_iters):
+            self._answer(runner, runner.iter + 1)  # runner.iter counts this iteration only after the hooks
+
+    def after_train(self, runner: Runner) -> None:
+        if self._answered_at != runner.iter:
+            self._answer(runner, runner.iter)
+
+    def _answer(self, runner: Runner, iteration: int) -> None:
+        self._answered_at = iteration
+        if runner.rank != 0 and not is_partitioned(unwrap(runner.model)):
+            return
+        loaded = dict(zip(self.image_paths, self._images, strict=True))
+        images = [[loaded[image]] if image is not None else [] for image, _ in self.questions()]
+        answers = self.pipeline.answer(self.conversations(), images, self.options)
+        if runner.rank != 0:
+            return
+        records = [
+            {"iter": iteration, "image": image, "prompt": prompt, "answer": answer}
+            for (image, prompt), answer in zip(self.questions(), answers, strict=True)
+        ]
+        for record in records:
+            runner.logger.info(
+                f"sample answer at iter {iteration} [{record['image'] or 'no image'}] "
+                f"{record['prompt']!r} -> {record['answer']!r}"
+            )
+        with open(Path(runner.work_dir) / self.FILE_NAME, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 class AdapterExportHook(Hook):

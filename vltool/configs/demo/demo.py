@@ -9,7 +9,7 @@ from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.demo_task import write_demo_dataset
 from vltool.data.sampler import LengthGroupedSampler
-from vltool.engine.hooks import MultipleChoiceEvalHook
+from vltool.engine.hooks import MultipleChoiceEvalHook, SampleAnswersHook
 from vltool.model.projectors import MLPProjector
 from vltool.model.tokenizer import load_qwen2_tokenizer
 from vltool.model.vision_encoder import VisionEncoder
@@ -92,4 +92,14 @@ train_cfg.update(max_iters=max_iters)
 default_hooks.checkpoint.update(interval=250, max_keep_ckpts=2)
 default_hooks.logger.update(interval=10)
 custom_hooks.append(dict(type=MultipleChoiceEvalHook, data_path=f"{data_root}/dev.tsv"))
+# watch the answers form: two training pictures, free-form questions the demo teaches (demo_task.FREE_QUESTIONS)
+custom_hooks.append(
+    dict(
+        type=SampleAnswersHook,
+        prompts=["What colour is the shape?", "What shape do you see?"],
+        images=[f"{data_root}/images/000000.png", f"{data_root}/images/000001.png"],
+        every_n_iters=250,
+        max_new_tokens=16,
+    )
+)
 randomness.update(seed=seed)
