@@ -139,7 +139,8 @@ def test_interactive_session(chat_model, pipeline, pictures, tmp_path):
 def test_ctrl_c_stops_the_answer_and_ctrl_d_leaves(chat_model, pictures):
     child = spawn(str(chat_model), "--image", str(pictures["red"]), "--max-new-tokens", "100000")
     child.sendline(QUESTION)
-    child.expect(r"\w{3}")  # the answer is streaming
+    child.expect_exact(QUESTION)  # the terminal's echo of the line
+    child.expect(r"\n[^\r\n]{20}")  # the answer is streaming
     child.sendintr()
     child.expect_exact("stopped")
     child.expect_exact(">>> ")

@@ -1,16 +1,21 @@
-"""Load a model directory written by ``vltool convert pth_to_hf`` (either format) as a :class:`Pipeline`."""
+"""Load a model for inference as a :class:`Pipeline`: a ``vltool convert pth_to_hf`` directory or XTuner-style parts.
+
+Either way the LLM may load quantised to 4 or 8 bits with bitsandbytes (``bits``); the vision
+encoder and the projector always load unquantised.
+"""
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from peft import PeftModel
-from safetensors.torch import load_file
 from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
     AutoImageProcessor,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -20,21 +25,36 @@ from transformers import (
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.convert.huggingface import TEMPLATE_FILE
-from vltool.convert.vltool_format import MANIFEST, PROJECTOR_WEIGHTS
-from vltool.data.images import ImageTransform
+from vltool.convert.vltool_format import MANIFEST
+from vltool.data.images import ASPECT_MODES, ImageTransform
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
+from vltool.infer.projector_folder import load_projector
 from vltool.model import projectors
 from vltool.model.lora import float32_compute_without_cuda
-from vltool.model.vision_encoder import VisionEncoder
+from vltool.model.tokenizer import add_image_token
+from vltool.model.vision_encoder import FEATURE_SELECT_STRATEGIES, VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
-from vltool.templates import Template, load_template
+from vltool.templates import Template, available_templates, load_template
 
 DType = torch.dtype | str
 
+QUANTIZATION_BITS = (4, 8)
+LLAVA_UNQUANTIZED = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+"""``LlavaForConditionalGeneration`` modules that stay unquantised: full dotted prefixes, since
+transformers matches ``llm_int8_skip_modules`` from the start of a name or as a whole suffix."""
+
+# folders of an XTuner (or vltool) LLaVA directory; the first name is XTuner's
+VISION_FOLDERS = ("visual_encoder", "vision_encoder")
+VISION_ADAPTER_FOLDERS = ("visual_encoder_adapter", "vision_encoder_adapter")
+
 
 def load_pipeline(
-    model_dir: str | Path, dtype: DType = "auto", device: str = "cpu", template: str | None = None
+    model_dir: str | Path,
+    dtype: DType = "auto",
+    device: str = "cpu",
+    template: str | None = None,
+    bits: int | None = None,
 ) -> Pipeline:
     """Load a converted model with its tokenizer, template and image transform, ready to answer.
 
@@ -44,25 +64,253 @@ def load_pipeline(
         dtype: weights' dtype; ``auto`` keeps the saved one.
         device: where the model runs.
         template: a shipped template name to use instead of the saved one.
+        bits: load the LLM quantised to 4 (NF4) or 8 bits; None keeps full precision. Without
+            CUDA a quantised LLM computes in float32 whatever ``dtype`` says. An LLM saved as
+            an adapter on a quantised base (QLoRA) always loads on that base as trained;
+            ``bits``, if given, must name the same width.
 
     Raises:
-        ConfigError: the directory is missing, is neither format, or lacks a part (named).
+        ConfigError: the directory is missing, is neither format, lacks a part (named), or
+            ``bits`` is not 4, 8 or None.
     """
     path = Path(model_dir)
+    quantization = _quantization(bits, dtype)  # an invalid `bits` fails before anything loads
     if not path.is_dir():
         raise ConfigError(f"model directory {path} does not exist.")
     override = load_template(template) if template is not None else None
     if (path / MANIFEST).is_file():
-        pipeline = _load_vltool(path, dtype, override)
+        pipeline = _load_vltool(path, dtype, device, override, bits)
     elif _config_model_type(path) == "llava":
-        pipeline = _load_huggingface(path, dtype, override)
+        pipeline = _load_huggingface(path, _load_options(quantization, dtype, device, LLAVA_UNQUANTIZED), override)
     else:
         raise ConfigError(
             f"{path} is not a model directory from `vltool convert pth_to_hf` (no {MANIFEST} and no LLaVA "
             "config.json); convert a checkpoint first."
         )
+    return _ready(pipeline, device)
+
+
+def load_parts_pipeline(
+    llm: str,
+    llava_dir: str | Path,
+    visual_encoder: str | None = None,
+    dtype: DType = "auto",
+    device: str = "cpu",
+    template: str | None = None,
+    bits: int | None = None,
+    feature_layer: int = -2,
+    select_strategy: str = "default",
+    image_aspect: str = "pad",
+) -> Pipeline:
+    """Assemble a model from XTuner-style parts, as ``xtuner chat LLM --visual-encoder ENC --llava DIR`` does.
+
+    ``llava_dir`` holds what training produced (``xtuner convert pth_to_hf``): ``projector/``
+    (XTuner's ``ProjectorModel`` or vltool's layout), optionally ``llm_adapter/``,
+    ``visual_encoder/`` (a full encoder; vltool's name ``vision_encoder/`` works too) and
+    ``visual_encoder_adapter/`` (or ``vision_encoder_adapter/``). Adapters load with PEFT onto
+    their bases; a fully fine-tuned LLM saved as ``llava_dir/llm/`` must be passed as ``llm``.
+    The tokenizer comes from ``llm`` with ``<image>`` added (the embedding grows only when the
+    new id does not fit); the image processor from the encoder's folder.
+
+    Args:
+        llm: the base LLM, a folder or Hub id.
+        llava_dir: the trained parts.
+        visual_encoder: the vision encoder (folder or Hub id; a full CLIP or SigLIP gives its
+            vision half); leave out when ``llava_dir`` holds one.
+        dtype, device, bits: as in :func:`load_pipeline`.
+        template: a shipped template name; required, parts carry none.
+        feature_layer, select_strategy: which encoder features the projector was trained on
+            (XTuner's LLaVA: ``-2`` and ``default``, CLS dropped).
+        image_aspect: ``pad`` (to square, as XTuner's LLaVA) or ``resize``.
+
+    Raises:
+        ConfigError: a part is missing (named, with the option to pass), an option is invalid,
+            or the projector has no vltool equivalent.
+    """
+    llava = Path(llava_dir)
+    chat_template = _required_template(template)
+    quantization = _quantization(bits, dtype)
+    _check_parts(llm, llava, select_strategy, image_aspect)
+    encoder_source = _encoder_source(llava, visual_encoder)
+    # the small parts first: a missing one fails before the LLM loads
+    tokenizer = _pretrained(AutoTokenizer, llm, f"tokenizer of LLM {llm}", {})
+    image_token_id = add_image_token(tokenizer)
+    image_processor = _pretrained(AutoImageProcessor, encoder_source, f"image processor of {encoder_source}", {})
+    projector = load_projector(llava / "projector")
+    language_model = _causal_lm(
+        llm, _first_folder(llava, ("llm_adapter",)), _load_options(quantization, dtype, device), len(tokenizer)
+    )
+    vision = _vision_model(encoder_source, _first_folder(llava, VISION_ADAPTER_FOLDERS), dtype)
+    model = _inference_model(
+        VisionEncoder(vision, feature_layer, select_strategy), projector, language_model, image_token_id
+    )
+    return _ready(Pipeline(model, tokenizer, chat_template, ImageTransform(image_processor, image_aspect)), device)
+
+
+def _check_parts(llm: str, llava: Path, select_strategy: str, image_aspect: str) -> None:
+    if select_strategy not in FEATURE_SELECT_STRATEGIES or image_aspect not in ASPECT_MODES:
+        raise ConfigError(
+            f"select_strategy must be one of {', '.join(FEATURE_SELECT_STRATEGIES)} and image_aspect one of "
+            f"{', '.join(ASPECT_MODES)}; got {select_strategy!r} and {image_aspect!r}."
+        )
+    if not llava.is_dir():
+        raise ConfigError(f"--llava {llava} is not a directory; pass the folder `xtuner convert pth_to_hf` wrote.")
+    if not (llava / "projector").is_dir():
+        raise ConfigError(f"{llava / 'projector'} is missing; --llava must name a folder with the trained projector/.")
+    trained_llm = llava / "llm"
+    if trained_llm.is_dir() and Path(llm).resolve() != trained_llm.resolve():
+        raise ConfigError(f"{trained_llm} holds the fine-tuned LLM; pass it as the LLM instead of {llm}.")
+
+
+def _ready(pipeline: Pipeline, device: str) -> Pipeline:
+    # a quantised LLM is already on `device` (device_map), so this moves only what is not
     pipeline.model.to(device).eval()
     return pipeline
+
+
+def _required_template(name: str | None) -> Template:
+    if name is None:
+        raise ConfigError(
+            "XTuner-style parts carry no prompt template; pass --prompt-template with one of "
+            f"{', '.join(available_templates())}."
+        )
+    return load_template(name)
+
+
+def _encoder_source(llava: Path, visual_encoder: str | None) -> str | Path:
+    """The vision encoder to load: ``llava``'s own full encoder, else ``--visual-encoder``."""
+    saved = _first_folder(llava, VISION_FOLDERS)
+    if saved is not None and not (saved / "config.json").is_file():
+        saved = None  # an empty or partial folder holds no encoder
+    if saved is not None and visual_encoder is not None:
+        raise ConfigError(
+            f"{saved} holds the trained vision encoder; leave out --visual-encoder {visual_encoder}, which it replaces."
+        )
+    if saved is None and visual_encoder is None:
+        raise ConfigError(
+            f"no vision encoder: {llava} has no {VISION_FOLDERS[0]}/ folder; pass --visual-encoder with the encoder "
+            "the projector was trained on."
+        )
+    return saved if saved is not None else visual_encoder
+
+
+def _first_folder(parent: Path, names: tuple[str, ...]) -> Path | None:
+    return next((parent / name for name in names if (parent / name).is_dir()), None)
+
+
+# ---- quantisation
+
+
+def _quantization(bits: int | None, dtype: DType) -> dict[str, Any] | None:
+    """``BitsAndBytesConfig`` arguments for ``bits`` (as XTuner's chat: NF4 with double quantisation)."""
+    if bits is None:
+        return None
+    if bits not in QUANTIZATION_BITS:
+        raise ConfigError(f"--bits {bits} is not supported; use 4 or 8, or leave it out for full precision.")
+    if bits == 8:
+        return {"load_in_8bit": True}
+    compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": compute,
+    }
+
+
+def _no_int8_cast_warning(record: logging.LogRecord) -> bool:
+    # bitsandbytes logs this on every 8-bit matmul whose input is not float16 (each layer, each
+    # token): the cast is how int8 matmuls work, and the lines would bury the chat's answer
+    return "MatMul8bitLt: inputs will be cast" not in record.getMessage()
+
+
+def _load_options(
+    quantization: dict[str, Any] | None, dtype: DType, device: str, skip_modules: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``from_pretrained`` arguments: ``dtype``, or bitsandbytes quantisation (float32 compute without CUDA).
+
+    Quantised weights load straight onto ``device``, quantised as they arrive there, rather
+    than being moved afterwards with their quantisation state.
+    """
+    if quantization is None:
+        return {"dtype": dtype}
+    if quantization.get("load_in_8bit"):
+        # addFilter skips a filter already there, so loading again adds nothing
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_no_int8_cast_warning)
+    if skip_modules:
+        quantization = {**quantization, "llm_int8_skip_modules": list(skip_modules)}
+    options = float32_compute_without_cuda({"quantization_config": quantization, "dtype": dtype})
+    return {
+        **options,
+        "quantization_config": BitsAndBytesConfig(**options["quantization_config"]),
+        "device_map": {"": device},
+    }
+
+
+def _adapter_base_quantization(path: Path, entry: dict[str, Any], bits: int | None, dtype: DType) -> Any:
+    """The saved quantisation of an adapter's base (the adapter was trained on it), checked against ``bits``."""
+    saved = entry.get("quantization")
+    if not saved:
+        return _quantization(bits, dtype)
+    saved_bits = 4 if saved.get("load_in_4bit") else 8
+    if bits is not None and bits != saved_bits:
+        raise ConfigError(
+            f"{path}: the LLM adapter was trained on a {saved_bits}-bit base and loads on it; pass --bits {saved_bits} "
+            "or leave --bits out."
+        )
+    return saved
+
+
+# ---- parts shared by both loaders
+
+
+def _pretrained(cls: Any, source: str | Path, what: str, options: dict[str, Any]) -> Any:
+    try:
+        return cls.from_pretrained(source, **options)
+    except OSError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{what} cannot be loaded ({reason}); make it available at that path or Hub id.") from None
+
+
+def _with_adapter(model: PreTrainedModel, adapter: Path | None) -> PreTrainedModel:
+    return PeftModel.from_pretrained(model, adapter) if adapter is not None else model
+
+
+def _causal_lm(
+    source: str | Path, adapter: Path | None, options: dict[str, Any], vocab: int, what: str | None = None
+) -> PreTrainedModel:
+    """A causal LM with at least ``vocab`` embedding rows, with the PEFT ``adapter`` on it."""
+    llm = _pretrained(AutoModelForCausalLM, source, what or f"LLM {source}", options)
+    if llm.get_input_embeddings().num_embeddings < vocab:
+        llm.resize_token_embeddings(vocab)
+    return _with_adapter(llm, adapter)
+
+
+def _vision_model(
+    source: str | Path, adapter: Path | None, dtype: DType, cls: Any = None, what: str | None = None
+) -> PreTrainedModel:
+    """A vision tower (a full CLIP/SigLIP gives its vision half), with the PEFT ``adapter`` on it."""
+    what = what or f"vision encoder {source}"
+    if cls is None:
+        config = _pretrained(AutoConfig, source, what, {})
+        cls = MODEL_MAPPING[type(getattr(config, "vision_config", None) or config)]
+    return _with_adapter(_pretrained(cls, source, what, {"dtype": dtype}), adapter)
+
+
+def _inference_model(
+    encoder: VisionEncoder, projector: torch.nn.Module, llm: PreTrainedModel, image_token_id: int
+) -> VisionLanguageModel:
+    """A frozen model whose encoder and projector compute in the LLM's dtype.
+
+    The parts may be saved in different dtypes, and a quantised LLM on CPU computes in float32
+    whatever ``dtype`` asked for; the projector's input and output must match both neighbours.
+    """
+    encoder.to(llm.dtype)
+    model = VisionLanguageModel(encoder, projector.to(llm.dtype), llm, image_token_id)
+    return model.requires_grad_(False)
+
+
+# ---- the vltool format
 
 
 def _config_model_type(path: Path) -> str | None:
@@ -81,7 +329,7 @@ def _template(data: dict[str, Any]) -> Template:
     return Template(**{**data, "stop_words": tuple(data["stop_words"])})
 
 
-def _load_vltool(path: Path, dtype: DType, template: Template | None) -> Pipeline:
+def _load_vltool(path: Path, dtype: DType, device: str, template: Template | None, bits: int | None) -> Pipeline:
     manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     llm_entry, vision_entry = manifest["llm"], manifest["vision_encoder"]
     folders = [manifest["tokenizer"], manifest["image_processor"], manifest["projector"]["path"]]
@@ -90,19 +338,16 @@ def _load_vltool(path: Path, dtype: DType, template: Template | None) -> Pipelin
     tokenizer = AutoTokenizer.from_pretrained(path / manifest["tokenizer"])
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != manifest["image_token_id"]:
         raise ConfigError(f"{path}: the tokenizer's {IMAGE_TOKEN} id differs from the manifest's; convert again.")
-    llm = _load_llm(path, llm_entry, dtype, len(tokenizer))
-    vision = _load_vision_model(path, vision_entry, dtype)
-    encoder = VisionEncoder(
-        vision, vision_entry["feature_layer"], vision_entry["select_strategy"], vision_entry["image_size"]
-    )
-    model = VisionLanguageModel(
-        encoder,
-        _load_projector(path / manifest["projector"]["path"], llm.dtype),
-        llm,
+    model = _inference_model(
+        VisionEncoder(
+            _load_vision_part(path, vision_entry, dtype),
+            vision_entry["feature_layer"],
+            vision_entry["select_strategy"],
+            vision_entry["image_size"],
+        ),
+        load_projector(path / manifest["projector"]["path"]),
+        _load_llm_part(path, llm_entry, dtype, device, bits, len(tokenizer)),
         manifest["image_token_id"],
-        freeze_vision_encoder=True,
-        freeze_projector=True,
-        freeze_llm=True,
     )
     image_processor = AutoImageProcessor.from_pretrained(path / manifest["image_processor"])
     return Pipeline(
@@ -113,48 +358,33 @@ def _load_vltool(path: Path, dtype: DType, template: Template | None) -> Pipelin
     )
 
 
-def _load_llm(path: Path, entry: dict[str, Any], dtype: DType, vocab: int) -> PreTrainedModel:
-    """The LLM saved whole, or its named base (quantised as in training) with the saved adapter."""
+def _load_llm_part(
+    path: Path, entry: dict[str, Any], dtype: DType, device: str, bits: int | None, vocab: int
+) -> PreTrainedModel:
+    """The LLM saved whole (quantised as ``bits`` asks), or its named base (quantised as in training) + adapter."""
     if "path" in entry:
-        return AutoModelForCausalLM.from_pretrained(path / entry["path"], dtype=dtype)
-    options: dict[str, Any] = {"dtype": dtype}
-    if entry.get("quantization"):
-        options = float32_compute_without_cuda({"quantization_config": entry["quantization"], "dtype": dtype})
-        options["quantization_config"] = BitsAndBytesConfig(**options["quantization_config"])
-    base = _from_base(AutoModelForCausalLM, entry, options)
-    if base.get_input_embeddings().num_embeddings < vocab:
-        base.resize_token_embeddings(vocab)
-    return PeftModel.from_pretrained(base, path / entry["adapter"])
+        return _causal_lm(path / entry["path"], None, _load_options(_quantization(bits, dtype), dtype, device), vocab)
+    options = _load_options(_adapter_base_quantization(path, entry, bits, dtype), dtype, device)
+    return _causal_lm(entry["base"], path / entry["adapter"], options, vocab, _adapter_base(entry))
 
 
-def _load_vision_model(path: Path, entry: dict[str, Any], dtype: DType) -> PreTrainedModel:
+def _load_vision_part(path: Path, entry: dict[str, Any], dtype: DType) -> PreTrainedModel:
     if "path" in entry:
-        return AutoModel.from_pretrained(path / entry["path"], dtype=dtype)
-    base = _from_base(getattr(transformers, entry["class"]), entry, {"dtype": dtype})
-    return PeftModel.from_pretrained(base, path / entry["adapter"])
+        return _vision_model(path / entry["path"], None, dtype)
+    cls = getattr(transformers, entry["class"])
+    return _vision_model(entry["base"], path / entry["adapter"], dtype, cls, _adapter_base(entry))
 
 
-def _from_base(cls: Any, entry: dict[str, Any], options: dict[str, Any]) -> PreTrainedModel:
-    try:
-        return cls.from_pretrained(entry["base"], **options)
-    except OSError as err:
-        raise ConfigError(
-            f"base model {entry['base']} of adapter {entry['adapter']} cannot be loaded ({err}); make it available "
-            "at that path or Hub id."
-        ) from None
+def _adapter_base(entry: dict[str, Any]) -> str:
+    return f"base model {entry['base']} of adapter {entry['adapter']}"
 
 
-def _load_projector(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
-    spec = json.loads((folder / "config.json").read_text())
-    cls = getattr(projectors, spec.pop("type"))
-    projector = cls(**spec)
-    projector.load_state_dict(load_file(folder / PROJECTOR_WEIGHTS))
-    return projector.to(dtype)
+# ---- the Hugging Face LLaVA format
 
 
-def _load_huggingface(path: Path, dtype: DType, template: Template | None) -> Pipeline:
+def _load_huggingface(path: Path, options: dict[str, Any], template: Template | None) -> Pipeline:
     """Rebuild vltool's model around the modules of a ``LlavaForConditionalGeneration`` (no copies)."""
-    hf = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    hf = LlavaForConditionalGeneration.from_pretrained(path, **options)
     config = hf.config
     if config.projector_hidden_act != "gelu" or not isinstance(config.vision_feature_layer, int):
         raise ConfigError(f"{path}: only LLaVA models with a GELU projector and one feature layer load in vltool.")
@@ -166,8 +396,7 @@ def _load_huggingface(path: Path, dtype: DType, template: Template | None) -> Pi
     setattr(llm, llm.base_model_prefix, hf.model.language_model)
     llm.set_output_embeddings(hf.lm_head)
     llm.generation_config = hf.generation_config
-    model = VisionLanguageModel(encoder, projector.to(hf.dtype), llm, config.image_token_id)
-    model.requires_grad_(False)
+    model = _inference_model(encoder, projector, llm, config.image_token_id)
     template_file = path / TEMPLATE_FILE
     if template is None:
         if not template_file.is_file():
