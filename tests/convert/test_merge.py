@@ -301,7 +301,7 @@ def test_failure_while_saving_leaves_the_old_save_dir(llm_run, tmp_path, monkeyp
             (Path(path) / "tokenizer.json").write_text("{")
             raise OSError("No space left on device")
 
-    monkeypatch.setattr("vltool.convert.merge.AutoTokenizer.from_pretrained", lambda source: FullDiskTokenizer())
+    monkeypatch.setattr("vltool.model.tokenizer.AutoTokenizer.from_pretrained", lambda source: FullDiskTokenizer())
     with pytest.raises(OSError, match="No space left"):
         merge_adapter(llm_run.base, llm_run.adapter, save_dir, overwrite=True)
     assert [path.name for path in tmp_path.iterdir()] == ["merged"]  # the half-written staging folder is gone

@@ -144,8 +144,12 @@ def test_missing_parts_name_what_to_pass(parts, tmp_path):
         load_parts(parts, select_strategy="cls")
     with pytest.raises(ConfigError, match=r"--llava .*nowhere is not a directory"):
         load_parts(parts, tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"LLM .*nope cannot be loaded"):
+    with pytest.raises(ConfigError, match=r"LLM .*nope: no tokenizer loads from it"):
         load_parts_pipeline(str(tmp_path / "nope"), parts.llava, str(parts.encoder), template="qwen_chat")
+    # transformers 5 would build an empty tokenizer from an LLM folder without tokenizer files
+    shutil.copytree(parts.llm, tmp_path / "weights_only", ignore=shutil.ignore_patterns("tokenizer*", "vocab.json"))
+    with pytest.raises(ConfigError, match=r"LLM .*weights_only: no tokenizer loads from it \(tokenizer.json"):
+        load_parts_pipeline(str(tmp_path / "weights_only"), parts.llava, str(parts.encoder), template="qwen_chat")
     shutil.copytree(parts.llava, tmp_path / "full")
     (tmp_path / "full" / "llm").mkdir()  # a fully fine-tuned LLM is the LLM to pass
     with pytest.raises(ConfigError, match=r"full/llm holds the fine-tuned LLM; pass it as the LLM instead of"):

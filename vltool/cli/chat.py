@@ -5,6 +5,7 @@ prompt (``--prompt`` or standard input) is answered once and only the answer goe
 """
 
 import json
+import logging
 import shlex
 import signal
 import sys
@@ -105,12 +106,15 @@ def _load(
     device: str | None,
     bits: int | None,
 ) -> "Pipeline":
+    # bitsandbytes warns at import, on every CPU without its optional `kernels` package, about a
+    # faster 4-bit kernel it could not fetch; chat works the same without it
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import torch
-    from transformers.utils import logging
+    from transformers.utils import logging as transformers_logging
 
     from vltool.infer.load import load_parts_pipeline, load_pipeline
 
-    logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise ConfigError(f"unknown --torch-dtype {dtype}; use one of {', '.join(DTYPES)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,9 +243,9 @@ class Repl:
                 self.console.print(answer, markup=False, highlight=False)
         stats = self.session.stats
         seconds = time.perf_counter() - started
-        stopped = " [yellow]stopped[/];" if stats.interrupted else ""
+        stopped = "[yellow]stopped[/]; " if stats.interrupted else ""
         self.console.print(
-            f"[dim]({stopped} {stats.answer_tokens} tokens in {seconds:.1f} s; "
+            f"[dim]({stopped}{stats.answer_tokens} tokens in {seconds:.1f} s; "
             f"{stats.reused_tokens} of {stats.prompt_tokens} prompt tokens reused from the cache)[/]"
         )
         _report_boxes(self.session, answer, self.console, self.boxes_to, show_text=True)

@@ -18,7 +18,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
-    AutoTokenizer,
     CLIPConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -32,6 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from vltool.convert.output import check_save_dir, check_shard_size, staged_save_dir
 from vltool.errors import ConfigError
+from vltool.model.tokenizer import has_tokenizer_files, load_tokenizer
 
 # PEFT's prefix on every saved adapter tensor: PeftModel.base_model (the tuner) .model (the base)
 ADAPTER_PREFIX = "base_model.model."
@@ -43,8 +43,6 @@ VISION_TOWERS: dict[type[PretrainedConfig], type[PreTrainedModel]] = {
     SiglipConfig: SiglipVisionModel,
     SiglipVisionConfig: SiglipVisionModel,
 }
-# any one of these is a tokenizer (fast, BPE vocabulary, SentencePiece, WordPiece)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 Preprocessor = Any  # a tokenizer or an image processor: anything with save_pretrained(dir)
 
@@ -174,21 +172,7 @@ def load_preprocessor(base: str | Path, adapter: Path, is_clip: bool) -> Preproc
         except OSError:
             return None  # the tower merges fine without one; vltool configs name their processor
     missing = f"neither {adapter} nor BASE {base} has a tokenizer; save the training tokenizer into the adapter folder."
-    source = adapter if _has_tokenizer_files(adapter) else base
-    # transformers 5 builds an empty tokenizer from a model folder without tokenizer files
-    if Path(source).is_dir() and not _has_tokenizer_files(Path(source)):
-        raise ConfigError(missing)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        raise ConfigError(missing) from None
-    if len(tokenizer) <= 1:
-        raise ConfigError(missing)
-    return tokenizer
-
-
-def _has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+    return load_tokenizer(adapter if has_tokenizer_files(adapter) else base, missing)
 
 
 def skeleton(config: PretrainedConfig, is_clip: bool) -> PreTrainedModel:

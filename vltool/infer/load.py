@@ -17,7 +17,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
-    AutoTokenizer,
     BitsAndBytesConfig,
     LlavaForConditionalGeneration,
     PreTrainedModel,
@@ -32,7 +31,7 @@ from vltool.infer.pipeline import Pipeline
 from vltool.infer.projector_folder import load_projector
 from vltool.model import projectors
 from vltool.model.lora import float32_compute_without_cuda
-from vltool.model.tokenizer import add_image_token
+from vltool.model.tokenizer import add_image_token, load_tokenizer
 from vltool.model.vision_encoder import FEATURE_SELECT_STRATEGIES, VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template, available_templates, load_template
@@ -133,7 +132,8 @@ def load_parts_pipeline(
     _check_parts(llm, llava, select_strategy, image_aspect)
     encoder_source = _encoder_source(llava, visual_encoder)
     # the small parts first: a missing one fails before the LLM loads
-    tokenizer = _pretrained(AutoTokenizer, llm, f"tokenizer of LLM {llm}", {})
+    no_tokenizer = f"LLM {llm}: no tokenizer loads from it (tokenizer.json, vocab.json...); pass the LLM's folder."
+    tokenizer = load_tokenizer(llm, no_tokenizer)
     image_token_id = add_image_token(tokenizer)
     image_processor = _pretrained(AutoImageProcessor, encoder_source, f"image processor of {encoder_source}", {})
     projector = load_projector(llava / "projector")
@@ -335,7 +335,7 @@ def _load_vltool(path: Path, dtype: DType, device: str, template: Template | Non
     folders = [manifest["tokenizer"], manifest["image_processor"], manifest["projector"]["path"]]
     folders += [entry.get("path") or entry["adapter"] for entry in (llm_entry, vision_entry)]
     _require(path, folders)
-    tokenizer = AutoTokenizer.from_pretrained(path / manifest["tokenizer"])
+    tokenizer = load_tokenizer(path / manifest["tokenizer"], f"{path} has no tokenizer files; convert again.")
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != manifest["image_token_id"]:
         raise ConfigError(f"{path}: the tokenizer's {IMAGE_TOKEN} id differs from the manifest's; convert again.")
     model = _inference_model(
@@ -404,4 +404,5 @@ def _load_huggingface(path: Path, options: dict[str, Any], template: Template | 
         template = _template(json.loads(template_file.read_text(encoding="utf-8")))
     # the exported processor pads to square itself when training did
     transform = ImageTransform(AutoImageProcessor.from_pretrained(path), "resize")
-    return Pipeline(model, AutoTokenizer.from_pretrained(path), template, transform)
+    tokenizer = load_tokenizer(path, f"{path} has no tokenizer files; convert the checkpoint again.")
+    return Pipeline(model, tokenizer, template, transform)

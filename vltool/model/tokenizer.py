@@ -2,9 +2,42 @@
 
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 
 from vltool.constants import IMAGE_TOKEN, QWEN2_SPECIAL_TOKENS, QWEN2_TOKENIZER_DIR
+from vltool.errors import ConfigError
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
+"""Any one of these makes a folder a tokenizer (fast, BPE vocabulary, SentencePiece, WordPiece)."""
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a tokenizer's vocabulary."""
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(source: str | Path, missing: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained``, refusing what transformers 5 silently accepts.
+
+    From a model folder without tokenizer files transformers builds an empty tokenizer (one
+    token) with no error, and every prompt then encodes to nothing.
+
+    Args:
+        source: a folder or Hub id.
+        missing: the error message when there is no tokenizer there (what to do about it).
+
+    Raises:
+        ConfigError: ``missing``.
+    """
+    if Path(source).is_dir() and not has_tokenizer_files(Path(source)):
+        raise ConfigError(missing)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        raise ConfigError(missing) from None
+    if len(tokenizer) <= 1:
+        raise ConfigError(missing)
+    return tokenizer
 
 
 def load_qwen2_tokenizer(path: str | Path = QWEN2_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
