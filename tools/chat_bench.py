@@ -74,6 +74,7 @@ def main() -> None:
     params = sum(p.numel() for p in pipeline.model.parameters()) / 1e6
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"model: {params:.0f}M parameters, {pipeline.model.image_seq_length} visual tokens per image, fp32")
+    ChatSession(pipeline, GenerationOptions(max_new_tokens=2)).ask(*TURNS[0][:1], [pictures["red"]])  # warm-up
     kept = ChatSession(pipeline, options)
     header = ("turn", 4), ("prompt", 7), ("reused", 7), ("new imgs", 8), ("kept cache", 11), ("re-encode", 10)
     print(" ".join(f"{name:>{width}}" for name, width in header), f"{'speed-up':>9}")

@@ -184,3 +184,18 @@ def test_help_lists_the_options():
     result = subprocess.run(vltool_command("chat", "--help"), capture_output=True, text=True, check=False, env=env)
     flags = ("--image", "--prompt", "--temperature", "--top-p", "--top-k", "--repetition-penalty", "--bits")
     assert result.returncode == 0 and all(flag in result.stdout for flag in flags), result.stdout
+
+
+def test_sampling_with_a_seed_repeats_and_matches_the_library(chat_model, pipeline, pictures):
+    from transformers import set_seed
+
+    flags = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", "3", "--max-new-tokens", "10"]
+    args = [str(chat_model), "--image", str(pictures["red"]), "--system", "Be brief.", "--no-stream", *flags]
+    first, second = chat(*args, "--prompt", QUESTION), chat(*args, "--prompt", QUESTION)
+    assert first.returncode == 0 and first.stdout == second.stdout
+    set_seed(3)
+    options = GenerationOptions(max_new_tokens=10, temperature=0.9, top_p=0.95, top_k=40)
+    expected = ChatSession(pipeline, options, system="Be brief.").ask(QUESTION, [picture(pictures["red"])])
+    assert first.stdout == expected + "\n"
+    greedy = ChatSession(pipeline, GenerationOptions(max_new_tokens=10), system="Be brief.")
+    assert greedy.ask(QUESTION, [picture(pictures["red"])]) != expected

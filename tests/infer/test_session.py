@@ -160,3 +160,19 @@ def test_bad_generation_options_are_named(options):
     name = next(iter(options))
     with pytest.raises(Exception, match=f"invalid generation option {name}="):
         GenerationOptions(**options)
+
+
+def test_session_on_a_huggingface_format_export(runs, image, tmp_path):
+    from vltool.convert.pth_to_hf import convert_checkpoint
+
+    run = runs("full")
+    convert_checkpoint(str(run.config), run.checkpoint, tmp_path / "hf", save_format="huggingface", fp32=True)
+    exported = load_pipeline(tmp_path / "hf")
+    session = ChatSession(exported, GREEDY)
+    picture = ChatImage("red_blue.png", image)
+    first = session.ask("What colour is it?", [picture])
+    first_prompt = session.stats.prompt_tokens
+    second = session.ask("Are you sure?")
+    assert session.stats.reused_tokens >= first_prompt
+    assert first == exported.answer([[Message("user", "<image>\nWhat colour is it?")]], [[image]], GREEDY)[0]
+    assert second == exported.answer([session.conversation()[:-1]], [[image]], GREEDY)[0]

@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor
 
 from vltool.errors import DatasetError
@@ -18,7 +18,10 @@ DEFAULT_PADDING_MEAN = (0.5, 0.5, 0.5)
 
 
 def load_image(path: str | Path | io.BytesIO, name: str | None = None) -> Image.Image:
-    """Open and fully decode an image as RGB.
+    """Open and fully decode an image as RGB, turned upright by its EXIF orientation tag.
+
+    A phone photo stored sideways with a rotation tag comes out as viewers show it, and as
+    transformers' own ``load_image`` (which exported models' users call) returns it.
 
     Args:
         path: a file, or bytes already read.
@@ -30,7 +33,7 @@ def load_image(path: str | Path | io.BytesIO, name: str | None = None) -> Image.
     name = name or str(path)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"{name}: image file not found.") from None
     except IsADirectoryError:
@@ -53,7 +56,9 @@ def open_image(source: str) -> Image.Image:
         with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
             data = response.read()
     except (urllib.error.URLError, TimeoutError, ValueError) as err:
-        reason = getattr(err, "reason", err)
+        reason = (
+            f"HTTP {err.code} {err.reason}" if isinstance(err, urllib.error.HTTPError) else getattr(err, "reason", err)
+        )
         raise DatasetError(f"{source}: cannot download the image ({reason}); check the URL and the network.") from None
     return load_image(io.BytesIO(data), name=source)
 
