@@ -48,9 +48,12 @@ def flat(text: str) -> str:
 
 
 def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        vltool_command("chat", *args), input=stdin or "", capture_output=True, text=True, timeout=300, check=False
+    """Run ``vltool chat``; output decoded without newline translation (answers may hold a bare ``\\r``)."""
+    result = subprocess.run(
+        vltool_command("chat", *args), input=(stdin or "").encode(), capture_output=True, timeout=300, check=False
     )
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
 
 
 def test_one_shot_prints_only_the_library_answer(chat_model, pipeline, pictures):
