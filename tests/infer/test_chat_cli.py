@@ -80,8 +80,26 @@ def test_one_shot_reports_bad_input_in_one_line(chat_model, pictures, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {broken} is missing projector; convert the checkpoint again into an empty folder."
     )
-    bad_option = chat(str(chat_model), "--prompt", QUESTION, "--top-p", "0")
-    assert bad_option.returncode == 1 and "invalid generation option top_p=0.0" in bad_option.stderr
+    refused = {
+        ("--top-p", "0"): "error: invalid generation option top_p=0.0: max_new_tokens >= 1,",
+        ("--device", "cuda:7"): "error: --device cuda:7: no such CUDA GPU here",
+        ("--device", "gpu"): "error: unknown --device gpu; use cpu, cuda or cuda:N.",
+        ("--torch-dtype", "float64"): "error: unknown --torch-dtype float64; use one of auto, bfloat16,",
+        ("--prompt-template", "qwen"): "error: unknown template 'qwen'. Did you mean qwen_vl, qwen_chat",
+        ("--visual-encoder", "clip"): "error: --visual-encoder needs --llava DIR",
+        ("--draw-boxes", str(tmp_path / "boxes")): f"error: --draw-boxes {tmp_path / 'boxes'}: give an image file",
+        ("--draw-boxes", "/no/such/dir/b.jpg"): "error: --draw-boxes /no/such/dir/b.jpg: folder /no/such/dir does",
+    }
+    for option, message in refused.items():
+        result = chat(str(chat_model), "--prompt", QUESTION, *option)
+        assert result.returncode == 1 and result.stdout == "", option
+        assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bfloat16_weights_answer(chat_model, pictures):
+    result = chat(str(chat_model), "--torch-dtype", "bfloat16", "--image", str(pictures["red"]), "--prompt", QUESTION)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
 
 
 def spawn(*args: str) -> pexpect.spawn:
@@ -167,6 +185,9 @@ def test_boxes_are_shown_in_pixels_and_drawn(pipeline, pictures, tmp_path):
     shown = console.export_text()
     assert "in pixels of street.jpg (640x480): a car [64, 96, 320, 360] on the left" in shown
     assert "1 box(es) drawn on street.jpg" in shown
+    console = Console(record=True, width=200)
+    _report_boxes(session, "<box>(1,2),(3,4)</box>", console, tmp_path / "gone" / "b.jpg", False)
+    assert "boxes not drawn:" in console.export_text()  # a message; the session goes on
     drawn = Image.open(out)
     assert drawn.size == (640, 480) and sum(drawn.getpixel((65, 240))) < 600  # the box's left edge is coloured
     assert drawn.getpixel((200, 300)) == (255, 255, 255)  # inside stays white

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from transformers import AutoModelForCausalLM, CLIPConfig, CLIPModel, CLIPVision
 
 from tests.conftest import TINY_VISION, tiny_clip, tiny_image_processor, tiny_qwen2
 from tests.convert.trained_runs import assert_same_logits, inputs
+from tests.engine.train_runs import vltool_command
 from vltool.convert.huggingface import save_huggingface
 from vltool.convert.vltool_format import projector_spec, save_projector, save_vltool
+from vltool.data.sample import Message
 from vltool.errors import ConfigError
 from vltool.infer.load import load_parts_pipeline, load_pipeline
-from vltool.infer.pipeline import Pipeline
+from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.model.projectors import MLPProjector
 from vltool.model.tokenizer import load_qwen2_tokenizer
 from vltool.model.vision_encoder import VisionEncoder
@@ -248,3 +251,18 @@ def test_qlora_adapter_loads_on_its_saved_quantisation(parts, tmp_path):
         loaded = load_pipeline(save_dir, dtype=torch.float32, bits=bits)
         assert quantized_layers(loaded.model.llm) == {"Linear4bit"}
         assert isinstance(loaded.model.vision_encoder.model, CLIPVisionModel)
+
+
+def test_chat_command_takes_xtuner_style_parts(parts, image, tmp_path):
+    image.save(tmp_path / "picture.png")
+    command = vltool_command(
+        "chat", str(parts.llm), "--visual-encoder", str(parts.encoder), "--llava", str(parts.llava),
+        "--prompt-template", "qwen_chat", "--image", str(tmp_path / "picture.png"),
+        "--prompt", "What is it?", "--max-new-tokens", "6",
+    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    pipeline = load_parts(parts)
+    options = GenerationOptions(max_new_tokens=6)
+    expected = pipeline.answer([[Message("user", "<image>\nWhat is it?")]], [[image]], options)[0]
+    assert result.stdout.decode() == expected + "\n"

@@ -1,5 +1,6 @@
 """Chat sessions: answers equal the batched path, the KV cache is reused across turns, streaming adds up."""
 
+import dataclasses
 import json
 
 import pytest
@@ -115,6 +116,22 @@ def test_stop_before_any_text_drops_the_turn(tiny_vlm, tokenizer, pictures):
     assert session.stats.interrupted and session.stats.answer_tokens == 1
     assert session.messages == [] and session.images == []
     assert session.to_sample() == {"messages": [], "images": []}
+
+
+def test_multi_token_stop_word_ends_generation(pipeline, pictures):
+    full = ChatSession(pipeline, GREEDY)
+    answer = full.ask("Describe it.", pictures[:1])
+    assert full.stats.answer_tokens == GREEDY.max_new_tokens
+    # a stretch of the answer that is no single token becomes a stop word: generation must stop on it
+    stop = answer[3:9]
+    template = dataclasses.replace(pipeline.template, stop_words=(*pipeline.template.stop_words, stop))
+    stopping = Pipeline(pipeline.model, pipeline.tokenizer, template, pipeline.image_transform)
+    assert stopping.generate_kwargs(GREEDY)["stop_strings"] == [stop]
+    session = ChatSession(stopping, GREEDY)
+    assert session.ask("Describe it.", pictures[:1]) == answer[:3].strip()
+    assert session.stats.answer_tokens < GREEDY.max_new_tokens
+    kwargs = pipeline.generate_kwargs(GREEDY)  # qwen_chat's stop words are single tokens
+    assert kwargs["eos_token_id"] == [151645, 151643] and "stop_strings" not in kwargs
 
 
 @pytest.mark.parametrize("template", ["qwen_chat", "vicuna", "plain"])

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the model stack loads only when a command runs, so `vltool 
     from vltool.infer.pipeline import Pipeline
     from vltool.infer.session import ChatImage, ChatSession
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 HELP = """\
 [bold]/image PATH|URL ...[/]  attach images to your next message
 [bold]/reset[/]               start a new conversation (keeps the system prompt)
@@ -77,8 +78,11 @@ def chat(
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise ConfigError("standard input is empty: pipe a prompt in, or pass --prompt TEXT.")
+    if draw_boxes is not None:
+        _check_boxes_file(draw_boxes)
+    images = [_open(source) for source in image]  # bad images fail before the model loads
     status = Console(stderr=True)
-    with status.status("loading the model...") if not one_shot else _nothing():
+    with status.status("loading the model...") if not one_shot else nullcontext():
         pipeline = _load(model, visual_encoder, llava, visual_select_layer, prompt_template, torch_dtype, device, bits)
     from vltool.infer.session import ChatSession
 
@@ -87,7 +91,6 @@ def chat(
 
         set_seed(seed)
     session = ChatSession(pipeline, options, system)
-    images = [_open(source) for source in image]
     if one_shot:
         _answer_once(session, prompt or "", images, draw_boxes, stream=not no_stream)
     else:
@@ -109,7 +112,6 @@ def _load(
     # bitsandbytes warns at import, on every CPU without its optional `kernels` package, about a
     # faster 4-bit kernel it could not fetch; chat works the same without it
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import torch
     from transformers.utils import logging as transformers_logging
 
     from vltool.infer.load import load_parts_pipeline, load_pipeline
@@ -117,7 +119,7 @@ def _load(
     transformers_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise ConfigError(f"unknown --torch-dtype {dtype}; use one of {', '.join(DTYPES)}.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     if llava is None and visual_encoder is not None:
         raise ConfigError("--visual-encoder needs --llava DIR (the folder with projector/) as in XTuner.")
     if llava is not None:
@@ -127,12 +129,29 @@ def _load(
     return load_pipeline(model, dtype, device, template, bits=bits)
 
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
+def _device(name: str | None) -> str:
+    """The ``--device`` to run on (default: ``cuda`` when there is one), checked before anything loads."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name}; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use cpu.")
+    return name
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def _check_boxes_file(path: Path) -> None:
+    """``--draw-boxes`` must name an image file in an existing folder, so no answer's drawing is lost."""
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"--draw-boxes {path}: give an image file name such as boxes.jpg or boxes.png.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--draw-boxes {path}: folder {path.parent} does not exist; create it first.")
 
 
 def _open(source: str) -> "ChatImage":
@@ -176,7 +195,11 @@ def _report_boxes(
         shown = escape(pixel_text(answer, width, height))
         console.print(f"[dim]in pixels of {escape(latest.source)} ({width}x{height}):[/] {shown}")
     if boxes_to is not None:
-        draw_boxes(latest.image, boxes).save(boxes_to)
+        try:
+            draw_boxes(latest.image, boxes).save(boxes_to)
+        except OSError as err:
+            console.print(f"[yellow]boxes not drawn: {escape(str(err))}[/]")
+            return
         console.print(f"[dim]{len(boxes)} box(es) drawn on {escape(latest.source)}: {escape(str(boxes_to))}[/]")
 
 

@@ -123,8 +123,8 @@ class ChatSession:
     messages: list[Message] = field(default_factory=list)
     images: list[ChatImage] = field(default_factory=list)
     stats: TurnStats | None = None
-    _cached_ids: list[int] = field(default_factory=list, repr=False)
-    _cache: DynamicCache | None = field(default=None, repr=False)
+    _cached_ids: list[int] = field(default_factory=list, init=False, repr=False)
+    _cache: DynamicCache | None = field(default=None, init=False, repr=False)
 
     def reset(self) -> None:
         """Forget the conversation and its cache (the system prompt stays)."""
