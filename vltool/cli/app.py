@@ -6,7 +6,8 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import chat, check_dataset, configs, prepare_dataset, train
+from vltool.cli import chat, check_dataset, configs, mmbench, prepare_dataset, train
+from vltool.cli import eval as eval_cli
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
 from vltool.errors import VltoolError
@@ -33,6 +34,8 @@ app.command("check-dataset", context_settings={"allow_extra_args": True})(check_
 app.command("prepare-dataset", context_settings={"allow_extra_args": True})(prepare_dataset.prepare_dataset)
 app.add_typer(convert_app, name="convert")
 app.command("chat")(chat.chat)
+app.command("mmbench")(mmbench.mmbench)
+app.command("eval")(eval_cli.eval_command)
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ prompt (``--prompt`` or standard input) is answered once and only the answer goe
 """
 
 import json
-import logging
 import shlex
 import signal
 import sys
@@ -21,13 +20,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from vltool.cli import model_options
+from vltool.cli.model_options import ModelChoice
 from vltool.errors import ConfigError, VltoolError
 
 if TYPE_CHECKING:  # the model stack loads only when a command runs, so `vltool --help` stays fast
-    from vltool.infer.pipeline import Pipeline
     from vltool.infer.session import ChatImage, ChatSession
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 HELP = """\
 [bold]/image PATH|URL ...[/]  attach images to your next message
 [bold]/reset[/]               start a new conversation (keeps the system prompt)
@@ -45,25 +44,19 @@ def chat(
     image: list[str] = typer.Option([], "--image", help="Image path or http(s) URL for the first message; repeat."),
     prompt: str | None = typer.Option(None, "--prompt", help="Answer this once, print only the answer, exit."),
     system: str | None = typer.Option(None, "--system", help="System prompt (default: the template's)."),
-    prompt_template: str | None = typer.Option(
-        None, "--prompt-template", help="Template name (default: the one saved with the model)."
-    ),
-    visual_encoder: str | None = typer.Option(
-        None, "--visual-encoder", help="XTuner-style parts: the vision encoder path (MODEL is then the LLM)."
-    ),
-    llava: str | None = typer.Option(
-        None, "--llava", help="XTuner-style parts: folder with projector/ and any llm_adapter/, visual_encoder*/."
-    ),
-    visual_select_layer: int = typer.Option(-2, "--visual-select-layer", help="With --llava: the encoder layer."),
+    prompt_template: str | None = model_options.PROMPT_TEMPLATE,
+    visual_encoder: str | None = model_options.VISUAL_ENCODER,
+    llava: str | None = model_options.LLAVA,
+    visual_select_layer: int = model_options.VISUAL_SELECT_LAYER,
     temperature: float = typer.Option(0.0, "--temperature", help="0 decodes greedily; above 0 samples."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass when sampling."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = all)."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Above 1 discourages repeats."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer in tokens."),
     seed: int | None = typer.Option(None, "--seed", help="Seed sampling for repeatable answers."),
-    bits: int | None = typer.Option(None, "--bits", help="Load the LLM quantised to 4 or 8 bits (bitsandbytes)."),
-    torch_dtype: str = typer.Option("auto", "--torch-dtype", help="auto, bfloat16, float16 or float32."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
+    bits: int | None = model_options.BITS,
+    torch_dtype: str = model_options.TORCH_DTYPE,
+    device: str | None = model_options.DEVICE,
     draw_boxes: Path | None = typer.Option(
         None, "--draw-boxes", help="Save the latest image with the answer's <box> regions drawn to this file."
     ),
@@ -80,10 +73,12 @@ def chat(
             raise ConfigError("standard input is empty: pipe a prompt in, or pass --prompt TEXT.")
     if draw_boxes is not None:
         _check_boxes_file(draw_boxes)
+    choice = ModelChoice(model, visual_encoder, llava, visual_select_layer, prompt_template, bits, torch_dtype, device)
+    choice.check()
     images = [_open(source) for source in image]  # bad images fail before the model loads
     status = Console(stderr=True)
     with status.status("loading the model...") if not one_shot else nullcontext():
-        pipeline = _load(model, visual_encoder, llava, visual_select_layer, prompt_template, torch_dtype, device, bits)
+        pipeline = choice.load()
     from vltool.infer.session import ChatSession
 
     if seed is not None:
@@ -97,51 +92,6 @@ def chat(
         Repl(session, Console(emoji=False, highlight=False), draw_boxes, stream=not no_stream, pending=images).run(
             model
         )
-
-
-def _load(
-    model: str,
-    visual_encoder: str | None,
-    llava: str | None,
-    select_layer: int,
-    template: str | None,
-    dtype: str,
-    device: str | None,
-    bits: int | None,
-) -> "Pipeline":
-    # bitsandbytes warns at import, on every CPU without its optional `kernels` package, about a
-    # faster 4-bit kernel it could not fetch; chat works the same without it
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    from transformers.utils import logging as transformers_logging
-
-    from vltool.infer.load import load_parts_pipeline, load_pipeline
-
-    transformers_logging.disable_progress_bar()
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown --torch-dtype {dtype}; use one of {', '.join(DTYPES)}.")
-    device = _device(device)
-    if llava is None and visual_encoder is not None:
-        raise ConfigError("--visual-encoder needs --llava DIR (the folder with projector/) as in XTuner.")
-    if llava is not None:
-        return load_parts_pipeline(
-            model, llava, visual_encoder, dtype, device, template, bits, feature_layer=select_layer
-        )
-    return load_pipeline(model, dtype, device, template, bits=bits)
-
-
-def _device(name: str | None) -> str:
-    """The ``--device`` to run on (default: ``cuda`` when there is one), checked before anything loads."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name}; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use cpu.")
-    return name
 
 
 def _check_boxes_file(path: Path) -> None:

@@ -23,7 +23,7 @@ from vltool.data.sample import Message
 from vltool.engine.checkpoint import gathered_state
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError, DatasetError
-from vltool.eval.multiple_choice import evaluate_questions, read_questions
+from vltool.eval.mmbench import heldout_accuracy
 from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.model.lora import ADAPTER_DIRS, save_adapters
 from vltool.model.vlm import VisionLanguageModel
@@ -149,11 +149,11 @@ class MultipleChoiceEvalHook(Hook):
     def after_train(self, runner: Runner) -> None:
         if runner.rank != 0 and not is_partitioned(unwrap(runner.model)):
             return
-        result = evaluate_questions(self.pipeline, read_questions(self.data_path), self.batch_size, self.max_new_tokens)
+        result = heldout_accuracy(self.pipeline, self.data_path, self.batch_size, self.max_new_tokens)
         for category, accuracy in result.per_category().items():
             runner.logger.info(f"held-out accuracy [{category}]: {accuracy:.1%}")
         runner.logger.info(
-            f"held-out accuracy: {result.accuracy:.1%} on {len(result.correct)} questions "
+            f"held-out accuracy: {result.accuracy:.1%} on {len(result.scored.rows)} questions "
             f"({Path(self.data_path).name}); chance is {result.chance:.0%}"
         )
         if runner.rank != 0:

@@ -1,0 +1,103 @@
+"""GQA testdev-balanced: compositional questions about real images, scored by exact match.
+
+Reads the official ``testdev_balanced_questions.json`` and prompts as LLaVA-1.5 does (``<image>``,
+the question, "Answer the question using a single word or phrase."). Scoring follows LLaVA's
+``scripts/convert_gqa_for_eval.py`` followed by GQA's official ``eval.py``: the answer is stripped
+(LLaVA's ``model_vqa_loader`` strips every answer), trailing periods are removed, it is lower-cased,
+and it must then equal the annotated ``answer`` exactly (the annotation is not normalised). As in
+``eval.py``, only questions marked ``isBalanced`` count; questions marked ``"isBalanced": false``
+(present only in the ``all`` question files) are skipped when loading. Accuracy per structural type
+(verify, query, choose, logical, compare) is ``eval.py``'s "Accuracy / structural type".
+"""
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vltool.errors import DatasetError
+from vltool.eval.benchmarks.base import (
+    OVERALL,
+    Benchmark,
+    Sample,
+    Scores,
+    accuracy_table,
+    image_file,
+    read_json,
+    require_keys,
+)
+from vltool.eval.benchmarks.textvqa import short_answer_prompt
+
+REQUIRED_KEYS = ("imageId", "question", "answer")
+
+
+def normalize_prediction(text: str) -> str:
+    """An answer as LLaVA hands it to GQA's ``eval.py``: stripped, trailing periods removed, lower case."""
+    return text.strip().rstrip(".").lower()
+
+
+def _structural_type(question: dict[str, Any]) -> str | None:
+    types = question.get("types")
+    return types.get("structural") if isinstance(types, dict) else None
+
+
+def _sample(question_id: str, question: Any, data_path: Path, image_folder: Path) -> Sample | None:
+    where = f"{data_path} question {question_id}"
+    if not isinstance(question, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(question).__name__}.")
+    if question.get("isBalanced") is False:
+        return None  # eval.py scores balanced questions only
+    require_keys(question, REQUIRED_KEYS, where)
+    image = image_file(image_folder, f"{question['imageId']}.jpg", where)
+    reference = {"answer": question["answer"], "structural": _structural_type(question)}
+    return Sample(question_id, short_answer_prompt(question["question"]), (image,), reference)
+
+
+def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
+    """GQA questions from ``testdev_balanced_questions.json``.
+
+    Args:
+        data_path: the official question file (``{question_id: {"imageId", "question", "answer",
+            "types": {"structural", ...}, "isBalanced", ...}}``).
+        image_folder: the folder of ``<imageId>.jpg`` files (GQA's ``images``); required.
+
+    Raises:
+        DatasetError: no image folder, a wrong layout, a question without a required key or a
+            missing image.
+    """
+    if image_folder is None:
+        raise DatasetError("gqa needs --image-folder: the folder of GQA's <imageId>.jpg images.")
+    content = read_json(data_path)
+    if not isinstance(content, dict):
+        raise DatasetError(
+            f"{data_path}: expected GQA's layout, an object mapping question ids to questions; "
+            "pass testdev_balanced_questions.json as --data-path."
+        )
+    samples = [_sample(str(qid), question, data_path, image_folder) for qid, question in content.items()]
+    return [sample for sample in samples if sample is not None]
+
+
+def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+    """Exact-match accuracy in percent: overall and per structural type (when the questions have one)."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for sample in samples:
+        correct = normalize_prediction(predictions[sample.key]) == sample.reference["answer"]
+        groups[OVERALL].append(correct)
+        if sample.reference["structural"] is not None:
+            groups[sample.reference["structural"]].append(correct)
+    types = sorted(name for name in groups if name != OVERALL)
+    table = accuracy_table({name: groups[name] for name in [OVERALL, *types]})
+    return Scores(
+        table=table,
+        chart=table["accuracy"].drop(OVERALL).to_dict() if types else {OVERALL: table.loc[OVERALL, "accuracy"]},
+        chart_label="accuracy (%)",
+        summary={"accuracy": table.loc[OVERALL, "accuracy"]},
+    )
+
+
+BENCHMARK = Benchmark(
+    name="gqa",
+    description="GQA testdev-balanced: compositional VQA, exact match (testdev_balanced_questions.json + images).",
+    load=load,
+    score=score,
+    max_new_tokens=16,
+)

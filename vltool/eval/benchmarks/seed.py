@@ -1,0 +1,138 @@
+"""SEED-Bench (v1), image dimensions 1-9: four-option multiple-choice questions on CC3M images.
+
+Reads the official ``SEED-Bench.json`` (``{"questions": [...], "question_type": {name: id}}``) and
+keeps the questions whose ``data_type`` is ``"image"``; their ``data_id`` names a file in the
+``SEED-Bench-image/`` folder.
+
+The prompt is LLaVA-1.5's (``llava-seed-bench.jsonl``): the question, one ``A. ...`` line per
+option, then "Answer with the option's letter from the given choices directly.".
+
+Scoring: LLaVA's ``scripts/convert_seed_for_submission.py`` counts an answer right only when it
+is exactly the letter. Here the letter is read with VLMEvalKit's exact-matching rules
+(:func:`vltool.eval.extraction.extract_choice`), so "B." or "(B) dog" also count; a bare letter,
+what LLaVA-1.5 answers, scores the same either way. Accuracy is reported per dimension and over
+all image questions (micro average, as the official leaderboard's "image" figure).
+"""
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from vltool.errors import DatasetError
+from vltool.eval.benchmarks.base import (
+    OVERALL,
+    Benchmark,
+    Sample,
+    Scores,
+    accuracy_table,
+    choice_notes,
+    image_file,
+    read_json,
+    require_keys,
+)
+from vltool.eval.extraction import extract_choice
+from vltool.eval.multiple_choice import build_prompt
+
+OPTION_KEYS = {"A": "choice_a", "B": "choice_b", "C": "choice_c", "D": "choice_d"}
+REQUIRED_KEYS = ("question_id", "question", *OPTION_KEYS.values(), "answer", "data_type", "data_id", "question_type_id")
+IMAGE_SUFFIX = ".jpg"
+"""The suffix of the files in ``SEED-Bench-image/``, added when a ``data_id`` has none."""
+
+
+def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
+    """The image questions of ``SEED-Bench.json``.
+
+    Args:
+        data_path: the official ``SEED-Bench.json``.
+        image_folder: the ``SEED-Bench-image/`` folder (required).
+
+    Raises:
+        DatasetError: no --image-folder, a wrong top-level structure, a question lacking a key or
+            with a bad answer (index and question_id named), a repeated question_id or a missing image.
+    """
+    if image_folder is None:
+        raise DatasetError(f"{data_path}: SEED-Bench needs --image-folder pointing at the SEED-Bench-image/ folder.")
+    questions, dimension_names = _read(data_path)
+    samples, keys = [], set()
+    for index, question in enumerate(questions):
+        where = f"{data_path}: questions[{index}]"
+        if not isinstance(question, dict):
+            raise DatasetError(f"{where}: expected an object, got {type(question).__name__}.")
+        require_keys(question, REQUIRED_KEYS, where)
+        if question["data_type"] != "image":
+            continue
+        key = str(question["question_id"])
+        where = f"{where} (question_id {key})"
+        if key in keys:
+            raise DatasetError(f"{where}: question_id appears twice; use an unmodified SEED-Bench.json.")
+        keys.add(key)
+        samples.append(_sample(question, key, dimension_names, image_folder, where))
+    if not samples:
+        raise DatasetError(f"{data_path}: no question with data_type 'image'; is this SEED-Bench.json?")
+    return samples
+
+
+def _read(path: Path) -> tuple[list[Any], dict[int, str]]:
+    """The question list and dimension id -> name of ``SEED-Bench.json``."""
+    content = read_json(path)
+    if not isinstance(content, dict) or not isinstance(content.get("questions"), list):
+        raise DatasetError(f"{path}: expected an object with a 'questions' list (the official SEED-Bench.json).")
+    question_types = content.get("question_type", {})
+    if not isinstance(question_types, dict) or not all(isinstance(number, int) for number in question_types.values()):
+        raise DatasetError(f"{path}: 'question_type' must map dimension names to integer ids.")
+    return content["questions"], {number: name for name, number in question_types.items()}
+
+
+def _sample(
+    question: dict[str, Any], key: str, dimension_names: dict[int, str], image_folder: Path, where: str
+) -> Sample:
+    """One question as a sample; its options and answer are checked."""
+    options = {letter: str(question[field]) for letter, field in OPTION_KEYS.items()}
+    if question["answer"] not in options:
+        raise DatasetError(f"{where}: answer must be one of A, B, C, D, got {question['answer']!r}.")
+    name = str(question["data_id"])
+    if not Path(name).suffix and not (image_folder / name).is_file():
+        name += IMAGE_SUFFIX
+    dimension_id = question["question_type_id"]
+    if not isinstance(dimension_id, int):
+        raise DatasetError(f"{where}: question_type_id must be an integer, got {dimension_id!r}.")
+    return Sample(
+        key=key,
+        prompt=build_prompt(str(question["question"]), options),
+        images=(image_file(image_folder, name, where),),
+        reference={
+            "options": options,
+            "answer": question["answer"],
+            "dimension": dimension_names.get(dimension_id, f"dimension {dimension_id}"),
+            "dimension_id": dimension_id,
+        },
+    )
+
+
+def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+    """Accuracy per dimension (in dimension-id order) and over all image questions."""
+    by_dimension: dict[tuple[int, str], list[bool]] = defaultdict(list)
+    rules: Counter[str] = Counter()
+    for sample in samples:
+        extraction = extract_choice(predictions[sample.key], sample.reference["options"])
+        rules[extraction.rule] += 1
+        dimension = (sample.reference["dimension_id"], sample.reference["dimension"])
+        by_dimension[dimension].append(extraction.choice == sample.reference["answer"])
+    groups = {name: oks for (_, name), oks in sorted(by_dimension.items())}
+    table = accuracy_table({**groups, OVERALL: [ok for oks in groups.values() for ok in oks]})
+    return Scores(
+        table=table,
+        chart=table["accuracy"].drop(OVERALL).to_dict(),
+        chart_label="accuracy (%)",
+        summary={"accuracy": table.loc[OVERALL, "accuracy"]},
+        notes=choice_notes(rules, len(samples)),
+    )
+
+
+BENCHMARK = Benchmark(
+    name="seed",
+    description="SEED-Bench v1 image dimensions; --data-path SEED-Bench.json, --image-folder SEED-Bench-image/",
+    load=load,
+    score=score,
+    max_new_tokens=16,
+)
