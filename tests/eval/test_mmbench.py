@@ -123,7 +123,9 @@ def test_test_split_writes_the_submission(tmp_path):
 def test_saved_predictions_rescore_without_a_model(dev_tsv, tmp_path):
     files, _ = run(dev_tsv, tmp_path / "run", ColourPipeline(avoid="D"))
     console = Console(record=True, width=200)
-    rescored = rescore_mmbench(files.predictions, dev_tsv, tmp_path / "again", True, console)
+    saved = files.predictions.read_bytes()
+    rescored = rescore_mmbench(files.predictions, dev_tsv, None, True, console)
+    assert rescored.predictions == tmp_path / "run" / "m_dev_scored.xlsx" and files.predictions.read_bytes() == saved
     assert pd.read_csv(rescored.accuracy).equals(pd.read_csv(files.accuracy))
     # a predictions file with only pass 0 cannot give CircularEval; it can give vanilla accuracy
     originals = pd.read_excel(files.predictions).query(f"index < {OFFSET}")

@@ -125,13 +125,15 @@ def rescore_mmbench(
 ) -> MMBenchFiles:
     """Score a saved predictions file (``index`` and ``prediction`` columns; xlsx, csv or tsv) against the TSV.
 
+    The file itself is never rewritten: the scored rows go to ``<its name>_scored.xlsx``.
+
     Raises:
         DatasetError: the file cannot be read, lacks those columns, or its indices differ from the TSV's.
     """
     table, rows = load_questions(data_path, circular, console)
     predictions = read_predictions(predictions_path, set(rows["index"]), circular, table.path)
-    stem = predictions_path.stem
-    return write_results(table, rows, predictions, work_dir or predictions_path.parent, stem, circular, console)
+    work_dir = work_dir or predictions_path.parent
+    return write_results(table, rows, predictions, work_dir, predictions_path.stem, circular, console, "_scored")
 
 
 def read_predictions(path: Path, expected: set[int], circular: bool, tsv: Path) -> dict[int, str]:
@@ -180,10 +182,14 @@ def write_results(
     stem: str,
     circular: bool,
     console: Console,
+    scored_suffix: str = "",
 ) -> MMBenchFiles:
-    """Score (dev) or prepare the submission (test), write every file and print the results."""
+    """Score (dev) or prepare the submission (test), write every file and print the results.
+
+    The scored rows go to ``<stem><scored_suffix>.xlsx``; the other files are ``<stem>_acc.csv`` ...
+    """
     scored = score_rows(rows, predictions, table.has_answers, circular)
-    files = MMBenchFiles(work_dir / f"{stem}.xlsx", scored=scored)
+    files = MMBenchFiles(work_dir / f"{stem}{scored_suffix}.xlsx", scored=scored)
     _write_xlsx(files.predictions, scored.rows.drop(columns="image_index"))
     _print_extraction(scored, console)
     if table.has_answers:
