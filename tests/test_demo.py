@@ -55,4 +55,4 @@ def test_demo_learns_and_leaves_mmengine_files(tmp_path):
 
     accuracy = json.loads((work_dir / "heldout_accuracy.json").read_text())
     assert accuracy["questions"] == 240 and accuracy["chance"] == 0.25
-    assert accuracy["accuracy"] >= 0.75, accuracy  # chance is 0.25; the default seed reached 0.95 here
+    assert accuracy["accuracy"] >= 0.75, accuracy  # chance is 0.25; the default seed reached 0.97 here

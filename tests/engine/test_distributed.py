@@ -1,4 +1,4 @@
-"""Two gloo processes (DDP, ZeRO-2, ZeRO-3) reproduce the single-process loss curve for the same global batch."""
+"""Two gloo processes (DDP, ZeRO-2, ZeRO-3) reproduce the one-process loss curve of a global batch, packed or padded."""
 
 import pytest
 import torch
@@ -20,8 +20,11 @@ def data(tmp_path_factory):
     return write_colour_dataset(tmp_path_factory.mktemp("colours"))
 
 
-def train(data, work_dir, nproc, *args):
-    options = train_options(data, ITERS, GLOBAL_BATCH // nproc, "custom_hooks=[]")
+PACKED = "train_dataloader.collate_fn.type=vltool.data.packing.pack_collate"
+
+
+def train(data, work_dir, nproc, *args, options=(), batch_size=None):
+    options = train_options(data, ITERS, batch_size or GLOBAL_BATCH // nproc, "custom_hooks=[]", *options)
     run_train(["demo", "--work-dir", str(work_dir), *args, *options], nproc=nproc)
     losses = logged_losses(work_dir)
     assert sorted(losses) == list(range(1, ITERS + 1))
@@ -42,6 +45,24 @@ def test_two_processes_match_single_process(data, tmp_path, single_process, deep
     assert losses[ITERS] < losses[1] - 0.5  # it learns
     if deepspeed:
         assert_converts_with_real_projector(tmp_path, tmp_path / "converted")
+
+
+@pytest.mark.parametrize("deepspeed", [None, "zero2"])
+def test_packed_batches_reproduce_the_padded_curve(data, tmp_path, single_process, deepspeed):
+    # the same samples per step, packed into one row per process: same losses as padding them
+    args = ["--deepspeed", deepspeed] if deepspeed else []
+    losses = train(data, tmp_path, 2, *args, options=[PACKED])
+    for step, loss in single_process.items():
+        assert losses[step] == pytest.approx(loss, abs=TOLERANCE), step
+
+
+def test_packing_with_gradient_accumulation(data, tmp_path):
+    accumulate = "optim_wrapper.accumulative_counts=2"
+    padded = train(data, tmp_path / "padded", 1, options=[accumulate], batch_size=GLOBAL_BATCH // 2)
+    packed = train(data, tmp_path / "packed", 1, options=[accumulate, PACKED], batch_size=GLOBAL_BATCH // 2)
+    assert packed.keys() == padded.keys()
+    for step, loss in padded.items():
+        assert packed[step] == pytest.approx(loss, abs=TOLERANCE), step
 
 
 def assert_converts_with_real_projector(work_dir, save_dir):

@@ -6,7 +6,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import chat, check_dataset, configs, mmbench, prepare_dataset, train
+from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dataset, train
 from vltool.cli import eval as eval_cli
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
@@ -36,6 +36,7 @@ app.add_typer(convert_app, name="convert")
 app.command("chat")(chat.chat)
 app.command("mmbench")(mmbench.mmbench)
 app.command("eval")(eval_cli.eval_command)
+app.command("bench", context_settings={"allow_extra_args": True})(bench.bench)
 
 
 def main() -> None:

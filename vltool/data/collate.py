@@ -1,10 +1,30 @@
-"""Batching: pad samples to the longest in the batch and concatenate their images."""
+"""Batching by padding: samples right-padded to the longest in the batch, images concatenated.
+
+:mod:`vltool.data.packing` is the alternative that lays several samples in one row instead.
+"""
 
 from typing import Any
 
 import torch
 
 from vltool.constants import IGNORE_INDEX
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flattened positions whose next token is learned: where the loss is taken.
+
+    Computed on the host when the batch is made, so the model can gather those positions
+    without a boolean mask, whose size the GPU would have to report back (a device sync per step).
+
+    Args:
+        labels: ``[batch, seq_len]``, ``IGNORE_INDEX`` where nothing is learned.
+
+    Returns:
+        ``[n_supervised]`` indices into ``labels.flatten()``; position ``p`` predicts token ``p + 1``.
+    """
+    learned = torch.zeros_like(labels, dtype=torch.bool)
+    learned[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return learned.flatten().nonzero().squeeze(1)
 
 
 def pad_collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor | None]:
@@ -18,7 +38,8 @@ def pad_collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, tor
 
     Returns:
         ``input_ids``, ``labels``, ``attention_mask``: ``[batch, max_len]``; ``pixel_values``:
-        ``[total_images, 3, H, W]`` in sample order, or None for a text-only batch.
+        ``[total_images, 3, H, W]`` in sample order, or None for a text-only batch;
+        ``supervised_index``: see :func:`supervised_positions`.
     """
     max_len = max(item["input_ids"].numel() for item in batch)
     input_ids = torch.full((len(batch), max_len), pad_token_id, dtype=torch.long)
@@ -35,4 +56,5 @@ def pad_collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, tor
         "labels": labels,
         "attention_mask": attention_mask,
         "pixel_values": torch.cat(images) if images else None,
+        "supervised_index": supervised_positions(labels),
     }

@@ -131,6 +131,7 @@ class VisionLanguageDataset(Dataset):
         if truncation not in TRUNCATION_POLICIES:
             raise DatasetError(f"unknown truncation '{truncation}'; use one of {', '.join(TRUNCATION_POLICIES)}.")
         self.data_path = Path(data_path)
+        self.max_length = max_length
         self.image_folder = Path(image_folder) if image_folder else self.data_path.parent
         self.image_transform = ImageTransform(image_processor, image_aspect)
         self.cache_file: Path | None = None

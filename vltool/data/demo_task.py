@@ -62,7 +62,7 @@ def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Ra
     return image
 
 
-def _attributes(rng: random.Random) -> dict[str, str]:
+def random_attributes(rng: random.Random) -> dict[str, str]:
     return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "position": rng.choice(POSITIONS)}
 
 
@@ -104,8 +104,17 @@ def _text_record(index: int, rng: random.Random) -> dict:
     }
 
 
+def is_written(stamp: Path, settings: dict) -> bool:
+    """Whether a generated dataset is already on disk, written with these ``settings`` (its stamp file says)."""
+    return stamp.is_file() and json.loads(stamp.read_text()) == settings
+
+
 def write_demo_dataset(
-    data_root: str, num_train: int = 6000, num_eval: int = 240, image_size: int = 64, text_fraction: float = 0.05,
+    data_root: str,
+    num_train: int = 6000,
+    num_eval: int = 240,
+    image_size: int = 64,
+    text_fraction: float = 0.05,
     seed: int = 0,
 ) -> None:
     """Write ``train.json`` + ``images/`` and ``dev.tsv`` under ``data_root`` unless already there.
@@ -113,10 +122,14 @@ def write_demo_dataset(
     A stamp file records the arguments; a dataset written with other arguments is rewritten.
     """
     root = Path(data_root)
-    settings = {"num_train": num_train, "num_eval": num_eval, "image_size": image_size,
-                "text_fraction": text_fraction, "seed": seed}
-    stamp = root / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    settings = {
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "image_size": image_size,
+        "text_fraction": text_fraction,
+        "seed": seed,
+    }
+    if is_written(root / STAMP, settings):
         return
     print_log(f"writing the demo dataset to {root} ...", logger="current")
     rng = random.Random(seed)
@@ -126,13 +139,13 @@ def write_demo_dataset(
         if rng.random() < text_fraction:
             records.append(_text_record(index, rng))
             continue
-        attrs = _attributes(rng)
+        attrs = random_attributes(rng)
         name = f"images/{index:06d}.png"
         draw_shape(size=image_size, rng=rng, **attrs).save(root / name)
         records.append(_training_record(index, name, attrs, rng))
     (root / "train.json").write_text(json.dumps(records, indent=1))
     _write_dev_tsv(root / "dev.tsv", num_eval, image_size, random.Random(seed + 1))
-    stamp.write_text(json.dumps(settings))
+    (root / STAMP).write_text(json.dumps(settings))
 
 
 def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Random) -> None:
@@ -140,13 +153,20 @@ def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Rando
     for index in range(num_eval):
         kind = list(MC_QUESTIONS)[index % len(MC_QUESTIONS)]
         question, options, l2 = MC_QUESTIONS[kind]
-        attrs = _attributes(rng)
+        attrs = random_attributes(rng)
         buffer = io.BytesIO()
         draw_shape(size=image_size, rng=rng, **attrs).save(buffer, format="PNG")
-        rows.append({
-            "index": index, "question": question, "hint": "",
-            **dict(zip("ABCD", options)), "answer": "ABCD"[options.index(attrs[kind])],
-            "category": kind, "l2-category": l2, "split": "dev",
-            "image": base64.b64encode(buffer.getvalue()).decode(),
-        })
+        rows.append(
+            {
+                "index": index,
+                "question": question,
+                "hint": "",
+                **dict(zip("ABCD", options)),
+                "answer": "ABCD"[options.index(attrs[kind])],
+                "category": kind,
+                "l2-category": l2,
+                "split": "dev",
+                "image": base64.b64encode(buffer.getvalue()).decode(),
+            }
+        )
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)

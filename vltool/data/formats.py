@@ -98,8 +98,10 @@ def to_sample(record: dict[str, Any], index: int, source: str, dataset_format: s
     messages = []
     for role, content in turns:
         if role not in ROLE_ALIASES or not isinstance(content, str):
-            raise DatasetError(f"{where}: turn with role {role!r} and content {type(content).__name__}; "
-                               f"roles must be one of {sorted(ROLE_ALIASES)} with text content.")
+            raise DatasetError(
+                f"{where}: turn with role {role!r} and content {type(content).__name__}; "
+                f"roles must be one of {sorted(ROLE_ALIASES)} with text content."
+            )
         if kind == "qwen_vl":
             images += QWEN_VL_IMAGE.findall(content)
             content = QWEN_VL_IMAGE.sub(IMAGE_TOKEN, content)

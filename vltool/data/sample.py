@@ -3,7 +3,6 @@
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class Message:
     """One turn. ``content`` is text in which each image appears as the ``<image>`` marker."""

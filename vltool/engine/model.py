@@ -43,14 +43,17 @@ class TrainingModel(BaseModel):
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         mode: str = "loss",
+        **packing: torch.Tensor | list[tuple[int, int, int]] | None,
     ) -> dict[str, torch.Tensor]:
         """Training forward: ``{"loss": to backpropagate, "mean_loss": the global batch's mean, detached}``.
 
-        Batches come from :func:`~vltool.data.collate.pad_collate`.
+        Batches come from :func:`~vltool.data.collate.pad_collate` or
+        :func:`~vltool.data.packing.pack_collate` (whose extra keys ``packing`` holds; see
+        :meth:`VisionLanguageModel.loss_sum`).
         """
         if mode != "loss":
             raise ValueError(f"TrainingModel only computes losses, got mode={mode!r}")
-        total, count = self.vlm.loss_sum(input_ids, labels, attention_mask, pixel_values, position_ids)
+        total, count = self.vlm.loss_sum(input_ids, labels, attention_mask, pixel_values, position_ids, **packing)
         if not (dist.is_initialized() and dist.get_world_size() > 1):
             loss = total / count
             return {"loss": loss, "mean_loss": loss.detach()}

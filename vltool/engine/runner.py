@@ -1,6 +1,7 @@
 """Build the mmengine Runner (and the parts it trains) from a vltool config."""
 
 import inspect
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -100,7 +101,7 @@ def build_train_dataset(cfg: Config, parts: Parts) -> VisionLanguageDataset:
     return build_dataset_once(build_dataset, _prepare_timeout(cfg))
 
 
-def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
+def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
     """Mmengine dataloader settings around an already built dataset."""
     loader = dict(cfg.train_dataloader)
     loader["dataset"] = dataset
@@ -114,7 +115,7 @@ def _dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: i
     return loader
 
 
-def _optim_wrapper_cfg(cfg: Config) -> dict[str, Any]:
+def optim_wrapper_cfg(cfg: Config) -> dict[str, Any]:
     """fp32 ``OptimWrapper`` on CPU; autocast ``AmpOptimWrapper`` in the config's precision on GPU."""
     wrapper = dict(cfg.optim_wrapper)
     precision = cfg.get("precision", "fp32")
@@ -241,7 +242,7 @@ def build_runner(
     common = dict(
         model=TrainingModel(parts.model),
         work_dir=cfg.work_dir,
-        train_dataloader=_dataloader_cfg(cfg, dataset, parts.tokenizer.pad_token_id),
+        train_dataloader=dataloader_cfg(cfg, dataset, parts.tokenizer.pad_token_id),
         param_scheduler=_param_scheduler_cfg(cfg),
         train_cfg=cfg.train_cfg,
         default_hooks=cfg.get("default_hooks"),
@@ -252,6 +253,10 @@ def build_runner(
         launcher="pytorch" if is_distributed() else "none",  # the group is already up; mmengine joins it
         load_from=resume_from or cfg.get("load_from"),
         resume=resume_from is not None,
+        # mmengine names its logger, message hub and visualizer after the experiment and a
+        # per-second timestamp; two runs built in the same second in one process (notebooks,
+        # tests) would otherwise share them and log into the first run's folder
+        experiment_name=f"{config_name}_{uuid.uuid4().hex[:8]}",
         cfg=cfg,
     )
     if ds_config is not None:
@@ -263,4 +268,4 @@ def build_runner(
         )
     if "model_wrapper_cfg" not in cfg:  # mmengine's Runner reads it from the config
         cfg.model_wrapper_cfg = _ddp_wrapper_cfg(cfg)
-    return Runner(optim_wrapper=_optim_wrapper_cfg(cfg), env_cfg=cfg.get("env_cfg", {}), **common)
+    return Runner(optim_wrapper=optim_wrapper_cfg(cfg), env_cfg=cfg.get("env_cfg", {}), **common)

@@ -57,6 +57,8 @@ def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> Vi
             embedding train as well (:func:`vltool.model.lora.train_new_token_rows`).
         llm_gradient_checkpointing: recompute the LLM's activations in the backward pass
             (default False).
+        vision_encoder_gradient_checkpointing: the same for the vision encoder's layers, when
+            it trains (default False).
 
     An LLM with a ``quantization_config`` loads in 4 or 8 bits (QLoRA), with float32 compute
     when there is no CUDA device.
@@ -64,6 +66,8 @@ def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> Vi
     model_cfg = dict(model_cfg)
     image_token_id = add_image_token(tokenizer)
     vision_encoder = build(model_cfg.pop("vision_encoder"))
+    if model_cfg.pop("vision_encoder_gradient_checkpointing", False):
+        enable_gradient_checkpointing(vision_encoder.model)
     llm = build(float32_compute_without_cuda(model_cfg.pop("llm")))
     old_rows = llm.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:

@@ -53,13 +53,13 @@ def prepare_quantized_llm(llm: PreTrainedModel) -> None:
         prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
 
 
-def enable_gradient_checkpointing(llm: PreTrainedModel) -> None:
-    """Recompute each decoder layer's activations in the backward pass instead of storing them.
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations (an LLM's decoder layers, a ViT's encoder layers) in the backward pass.
 
     The non-reentrant variant needs no ``enable_input_require_grads`` hook, so it works when
-    every LLM weight is frozen and only adapters (or nothing inside the LLM) train.
+    every weight of the model is frozen and only adapters (or nothing inside it) train.
     """
-    llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:

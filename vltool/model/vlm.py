@@ -1,11 +1,13 @@
 """``VisionLanguageModel``: vision encoder -> projector -> image embeddings spliced into the LLM's input."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils.generic import is_flash_attention_requested
 
-from vltool.constants import IGNORE_INDEX
+from vltool.data.collate import supervised_positions
+from vltool.model.head_loss import head_loss
+from vltool.model.segment_attention import SEGMENTS_KWARG
 from vltool.model.vision_encoder import VisionEncoder
 
 
@@ -24,6 +26,8 @@ class VisionLanguageModel(nn.Module):
         freeze_llm_input_embeddings: keep the LLM's input embedding table fixed while the rest
             trains. With a 152k vocabulary the table's dense gradient is the costliest part of a
             small model's backward pass; the LM head still trains when embeddings are untied.
+        loss_chunk_size: the most learned positions whose LM-head logits exist at once in the
+            loss (:func:`vltool.model.head_loss.head_loss`).
     """
 
     def __init__(
@@ -36,8 +40,10 @@ class VisionLanguageModel(nn.Module):
         freeze_projector: bool = False,
         freeze_llm: bool = True,
         freeze_llm_input_embeddings: bool = False,
+        loss_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
+        self.loss_chunk_size = loss_chunk_size
         self.vision_encoder = vision_encoder
         self.projector = projector
         self.llm = llm
@@ -97,9 +103,10 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **packing: torch.Tensor | list[tuple[int, int, int]] | None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over supervised positions (arguments as :meth:`loss_sum`)."""
-        total, count = self.loss_sum(input_ids, labels, attention_mask, pixel_values, position_ids)
+        total, count = self.loss_sum(input_ids, labels, attention_mask, pixel_values, position_ids, **packing)
         return total / count
 
     def loss_sum(
@@ -109,6 +116,8 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        segments: list[tuple[int, int, int]] | None = None,
+        supervised_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over supervised positions, and how many there are.
 
@@ -117,22 +126,71 @@ class VisionLanguageModel(nn.Module):
 
         Args:
             input_ids, labels, attention_mask: ``[batch, seq_len]``; labels are ``IGNORE_INDEX``
-                where nothing is learned.
+                where nothing is learned. Packed batches (:mod:`vltool.data.packing`) have no
+                attention mask: their ``position_ids`` restart at each sample.
             pixel_values: ``[num_images, 3, H, W]`` or None.
             position_ids: ``[batch, seq_len]`` or None.
+            segments: packed batches: ``(row, start, end)`` of each sample and padding tail.
+            supervised_index: ``[n_supervised]`` flattened positions whose next token is learned,
+                computed by the collate function; None finds them here (a device sync on GPU).
 
         Returns:
             ``(loss_sum, num_supervised)``: two scalars; the count is a long tensor.
         """
         embeds = self.embed(input_ids, pixel_values)
-        hidden = self.llm.get_decoder()(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state  # [batch, seq, hidden]
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        supervised = targets != IGNORE_INDEX  # [batch, seq - 1]
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised])  # [n_supervised, vocab]
-        total = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
-        return total, supervised.sum()
+        hidden = self._decode(embeds, attention_mask, position_ids, segments)  # [batch, seq, hidden]
+        if supervised_index is None:
+            supervised_index = supervised_positions(labels)
+        index = supervised_index.to(hidden.device)
+        targets = labels.flatten().index_select(0, index + 1)  # position p predicts token p + 1
+        learned = hidden.flatten(0, 1).index_select(0, index)  # [n_supervised, hidden]
+        total = head_loss(self.llm.get_output_embeddings(), learned, targets, self.loss_chunk_size)
+        return total, torch.tensor(index.numel(), device=total.device)
+
+    def _decode(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        segments: list[tuple[int, int, int]] | None,
+    ) -> torch.Tensor:
+        """The decoder's last hidden states ``[batch, seq, hidden]`` for ``embeds`` ``[batch, seq, hidden]``.
+
+        No KV cache: training needs none, and transformers reads a packed batch's position ids
+        as sample boundaries only without one.
+        """
+        decoder = self.llm.get_decoder()
+        if segments is None:
+            return decoder(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+        if self.llm.config._attn_implementation == "sdpa":
+            # attention sample by sample (segment_attention); the all-ones mask tells transformers
+            # not to build a block-diagonal mask that would go unused
+            no_padding = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            packed = {SEGMENTS_KWARG: segments}
+            return decoder(
+                inputs_embeds=embeds, attention_mask=no_padding, position_ids=position_ids, use_cache=False, **packed
+            ).last_hidden_state
+        if not is_flash_attention_requested(self.llm.config):  # eager and others: transformers' block mask
+            return decoder(inputs_embeds=embeds, position_ids=position_ids, use_cache=False).last_hidden_state
+        rows, width = embeds.shape[:2]
+        # flash-attn's variable-length kernel takes one flat sequence and the sample boundaries;
+        # handing them over (built on the host, copied without a sync) spares transformers a
+        # device sync in every layer
+        bounds = [0] + [row * width + end for row, _, end in segments]
+        cu_seq_lens = torch.tensor(bounds, dtype=torch.int32).to(embeds.device, non_blocking=True)
+        longest = max(end - start for _, start, end in segments)
+        hidden = decoder(
+            inputs_embeds=embeds.reshape(1, rows * width, -1),
+            position_ids=position_ids.reshape(1, -1),
+            cu_seq_lens_q=cu_seq_lens,
+            cu_seq_lens_k=cu_seq_lens,
+            max_length_q=longest,
+            max_length_k=longest,
+            use_cache=False,
+        ).last_hidden_state
+        return hidden.reshape(rows, width, -1)
 
     @torch.no_grad()
     def generate(

@@ -1,6 +1,6 @@
 # LLaVA-Instruct mix665k: multi-turn visual instruction data plus text-only ShareGPT.
-from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
+from vltool.data.packing import pack_collate
 from vltool.data.sampler import LengthGroupedSampler
 
 data_root = "./data/llava_data"
@@ -17,5 +17,6 @@ train_dataloader = dict(
         image_aspect="pad",
     ),
     sampler=dict(type=LengthGroupedSampler),
-    collate_fn=dict(type=pad_collate),
+    # samples packed into one row, attention kept inside each (docs/packing.md); pad_collate pads instead
+    collate_fn=dict(type=pack_collate),
 )
