@@ -102,7 +102,7 @@ def run_eval(
 
 def _request(sample: Sample) -> Request:
     def images() -> list:
-        return [load_image(path, name=f"{sample.key}: {path}") for path in sample.images]
+        return [load_image(path, name=f"sample {sample.key}: {path}") for path in sample.images]
 
     return Request(sample.key, sample.prompt, images, tuple(str(path) for path in sample.images))
 
