@@ -1,5 +1,6 @@
 """Shared fixtures: the real Qwen2 tokenizer, tiny random-weight model parts, and short training runs."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ from vltool.model.vlm import VisionLanguageModel
 
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory):
+    """Prepared datasets go to a folder of this test session (subprocesses inherit it), not ~/.cache."""
+    folder = tmp_path_factory.mktemp("vltool_cache")
+    os.environ["VLTOOL_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

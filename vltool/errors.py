@@ -14,3 +14,19 @@ class DatasetError(VltoolError):
 
 class ConfigError(VltoolError):
     """A config that cannot be found, loaded or built."""
+
+
+def user_message(error: VltoolError) -> str:
+    """The one-line message of ``error``, also when it was raised in a PyTorch DataLoader worker.
+
+    The DataLoader re-raises a worker's exception in the main process as the same type built
+    from the worker's whole traceback text ("Caught DatasetError in DataLoader worker process
+    0. Original Traceback ..."), which is no message for a user. The original message is that
+    traceback's last line, after the exception's qualified name.
+    """
+    text = str(error)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last[len(name) :] if last.startswith(name) else text

@@ -73,6 +73,25 @@ def test_check_dataset_clean_exits_zero(tmp_path):
     assert "problems" in result.stdout
 
 
+def test_check_dataset_no_decode_only_looks_for_files(tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG broken")
+    ask = {"from": "human", "value": "<image>\nColour?"}
+    records = [
+        {"id": "broken", "image": "corrupt.png", "conversations": [ask, {"from": "gpt", "value": "?"}]},
+        {"id": "gone", "image": "missing.png", "conversations": [ask, {"from": "gpt", "value": "?"}]},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    options = ["--no-decode", "--num-proc", "1", *tiny_demo_options(tmp_path)]
+    result = vltool("check-dataset", "demo", *options, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "sample gone:" in out and "missing.png" in out
+    assert "sample broken" not in out  # it exists; only decoding would find it broken
+    assert (
+        vltool("check-dataset", "demo", "--num-proc", "0", *tiny_demo_options(tmp_path), cwd=tmp_path).returncode == 2
+    )
+
+
 def test_train_bad_dataset_is_one_line(tmp_path):
     (tmp_path / "d.json").write_text('[{"conversations": [}]')
     result = vltool("train", "demo", *tiny_demo_options(tmp_path), cwd=tmp_path)

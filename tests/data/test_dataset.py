@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_image_processor
 from PIL import Image
 
-from conftest import tiny_image_processor
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.sampler import LengthGroupedSampler
@@ -13,8 +13,11 @@ from vltool.templates import load_template
 
 
 def image_sample(i, image="a.png", answer="yes"):
-    return {"id": f"img{i}", "image": image,
-            "conversations": [{"from": "human", "value": "<image>\nIs it red?"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": f"img{i}",
+        "image": image,
+        "conversations": [{"from": "human", "value": "<image>\nIs it red?"}, {"from": "gpt", "value": answer}],
+    }
 
 
 def text_sample(i, answer="four"):
@@ -24,8 +27,15 @@ def text_sample(i, answer="four"):
 def make_dataset(tmp_path, tokenizer, records, **kwargs):
     Image.new("RGB", (48, 32), "red").save(tmp_path / "a.png")
     (tmp_path / "d.json").write_text(json.dumps(records))
-    return VisionLanguageDataset(str(tmp_path / "d.json"), None, tokenizer, load_template("qwen_chat"),
-                                 tiny_image_processor(32), image_seq_length=16, **kwargs)
+    return VisionLanguageDataset(
+        str(tmp_path / "d.json"),
+        None,
+        tokenizer,
+        load_template("qwen_chat"),
+        tiny_image_processor(32),
+        image_seq_length=16,
+        **kwargs,
+    )
 
 
 def test_items_and_padded_batch(tmp_path, tokenizer):
@@ -34,12 +44,12 @@ def test_items_and_padded_batch(tmp_path, tokenizer):
     assert item["pixel_values"].shape == (1, 3, 32, 32)
     assert ds[1]["pixel_values"] is None
     batch = pad_collate([ds[0], ds[1]], pad_token_id=tokenizer.pad_token_id)
-    lengths = ds.lengths
+    lengths = ds.lengths.tolist()
     assert batch["input_ids"].shape == (2, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
     assert batch["pixel_values"].shape == (1, 3, 32, 32)
     short = lengths.index(min(lengths))
-    assert (batch["labels"][short, min(lengths):] == -100).all()
+    assert (batch["labels"][short, min(lengths) :] == -100).all()
 
 
 def test_pad_to_square_uses_processor_mean(tmp_path, tokenizer):

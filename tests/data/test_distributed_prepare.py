@@ -1,4 +1,4 @@
-"""Rank 0 tokenises, rank 1 receives: two gloo processes on the CPU."""
+"""Rank 0 prepares, rank 1 maps the same files: two gloo processes on the CPU."""
 
 import json
 import os
@@ -27,7 +27,7 @@ def free_port():
 
 
 def _entry(rank, port, worker, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), VLTOOL_CACHE_DIR=str(out / "cache"))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         result = worker(rank, out)
@@ -67,35 +67,63 @@ def dataset_builder(folder):
     )
 
 
-def count_tokenize_calls():
+def count_preparations():
     calls = []
-    original = dataset_module.tokenize_conversation
+    original = dataset_module._prepare
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    dataset_module.tokenize_conversation = counting
+    dataset_module._prepare = counting
     return calls
 
 
+def mapped_tokens_file():
+    """(device, inode) of the tokens.bin this process maps, from /proc/self/maps."""
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("tokens.bin"):
+            fields = line.split()
+            return [fields[3], fields[4]]
+    return None
+
+
 def _share_dataset(rank, out):
-    calls = count_tokenize_calls()
+    calls = count_preparations()
     dataset = build_dataset_once(dataset_builder(out), timeout_s=60)
+    items = [dataset[i] for i in range(len(dataset))]
     return {
-        "tokenize_calls": len(calls),
-        "input_ids": [conv.input_ids for conv in dataset.tokenized],
-        "labels": [conv.labels for conv in dataset.tokenized],
-        "pixels": dataset[0]["pixel_values"].sum().item(),
+        "prepare_calls": len(calls),
+        "input_ids": [item["input_ids"].tolist() for item in items],
+        "labels": [item["labels"].tolist() for item in items],
+        "pixels": items[0]["pixel_values"].sum().item(),
+        "store": str(dataset.store_path),
+        "mapped": mapped_tokens_file(),
     }
 
 
-def test_rank1_receives_rank0_tokens_without_tokenising(tmp_path):
+def test_rank1_maps_rank0_files_without_tokenising(tmp_path):
     write_data(tmp_path)
     rank0, rank1 = run_two_ranks(_share_dataset, tmp_path)
-    assert rank0["tokenize_calls"] == 5 and rank1["tokenize_calls"] == 0
+    assert rank0["prepare_calls"] == 1 and rank1["prepare_calls"] == 0
     assert rank1["input_ids"] == rank0["input_ids"] and rank1["labels"] == rank0["labels"]
     assert rank1["pixels"] == rank0["pixels"]
+    assert rank1["store"] == rank0["store"]
+    assert rank0["mapped"] is not None and rank1["mapped"] == rank0["mapped"]  # one file, one copy in page cache
+
+
+def _own_disk_per_node(rank, out):
+    # each rank plays the local rank 0 of its own node, with a cache folder the other cannot see
+    os.environ.update(VLTOOL_CACHE_DIR=str(out / f"node{rank}"), GROUP_RANK=str(rank), LOCAL_RANK="0")
+    return _share_dataset(rank, out)
+
+
+def test_a_node_without_rank0s_disk_prepares_its_own_copy(tmp_path):
+    write_data(tmp_path)
+    rank0, rank1 = run_two_ranks(_own_disk_per_node, tmp_path)
+    assert rank0["prepare_calls"] == 1 and rank1["prepare_calls"] == 1
+    assert rank0["store"].startswith(str(tmp_path / "node0")) and rank1["store"].startswith(str(tmp_path / "node1"))
+    assert rank1["input_ids"] == rank0["input_ids"] and rank1["labels"] == rank0["labels"]
 
 
 def _fail_on_rank0(rank, out):

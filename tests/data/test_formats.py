@@ -13,14 +13,27 @@ def write(tmp_path, name, content):
 
 
 def test_three_formats_read_to_one_form(tmp_path):
-    llava = {"id": "a", "image": "x.jpg",
-             "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]}
-    qwen_vl = {"id": "b", "conversations": [
-        {"from": "user", "value": "Picture 1: <img>y.jpg</img>\nWhere is the dog?"},
-        {"from": "assistant", "value": "<ref>the dog</ref><box>(219,424),(576,896)</box>"}]}
-    messages = {"id": "c", "images": ["z1.jpg", "z2.jpg"], "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "<image><image>Same?"}, {"role": "assistant", "content": "No."}]}
+    llava = {
+        "id": "a",
+        "image": "x.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}],
+    }
+    qwen_vl = {
+        "id": "b",
+        "conversations": [
+            {"from": "user", "value": "Picture 1: <img>y.jpg</img>\nWhere is the dog?"},
+            {"from": "assistant", "value": "<ref>the dog</ref><box>(219,424),(576,896)</box>"},
+        ],
+    }
+    messages = {
+        "id": "c",
+        "images": ["z1.jpg", "z2.jpg"],
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "<image><image>Same?"},
+            {"role": "assistant", "content": "No."},
+        ],
+    }
     text_only = {"id": "d", "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}
     samples = load_samples(write(tmp_path, "d.json", [llava, qwen_vl, messages, text_only]))
     assert [s.images for s in samples] == [["x.jpg"], ["y.jpg"], ["z1.jpg", "z2.jpg"], []]
@@ -48,8 +61,11 @@ def test_malformed_json_names_the_line(tmp_path):
 
 
 def test_tag_count_must_match_images(tmp_path):
-    record = {"id": "s7", "image": ["a.jpg", "b.jpg"],
-              "conversations": [{"from": "human", "value": "<image> what?"}, {"from": "gpt", "value": "x"}]}
+    record = {
+        "id": "s7",
+        "image": ["a.jpg", "b.jpg"],
+        "conversations": [{"from": "human", "value": "<image> what?"}, {"from": "gpt", "value": "x"}],
+    }
     with pytest.raises(DatasetError, match=r"d\.json: sample s7: 1 '<image>' tag\(s\) but 2 image\(s\)"):
         load_samples(write(tmp_path, "d.json", [record]))
 
@@ -61,8 +77,12 @@ def test_no_assistant_turn(tmp_path):
 
 
 def test_bad_box(tmp_path):
-    record = {"conversations": [{"from": "user", "value": "Picture 1: <img>a.jpg</img>\nfind it"},
-                                {"from": "assistant", "value": "<ref>it</ref><box>(1,2),(3000,4)</box>"}]}
+    record = {
+        "conversations": [
+            {"from": "user", "value": "Picture 1: <img>a.jpg</img>\nfind it"},
+            {"from": "assistant", "value": "<ref>it</ref><box>(1,2),(3000,4)</box>"},
+        ]
+    }
     with pytest.raises(DatasetError, match="0-1000 grid"):
         load_samples(write(tmp_path, "d.json", [record]))
 

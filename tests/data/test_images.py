@@ -46,7 +46,9 @@ def server(tmp_path):
 def test_urls_load_and_fail_with_the_reason(server):
     image = open_image(f"{server}/green.png")
     assert image.size == (8, 6) and image.getpixel((0, 0)) == (0, 128, 0)
-    with pytest.raises(DatasetError, match=r"/missing.png: cannot download the image \(HTTP 404 File not found\); check"):
+    with pytest.raises(
+        DatasetError, match=r"/missing.png: cannot download the image \(HTTP 404 File not found\); check"
+    ):
         open_image(f"{server}/missing.png")
     with pytest.raises(DatasetError, match=r"/page.html: cannot decode image \(not an image\)"):
         open_image(f"{server}/page.html")

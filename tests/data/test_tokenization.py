@@ -1,7 +1,7 @@
+from conftest import tiny_image_processor
 from PIL import Image
 from transformers import LlavaProcessor
 
-from conftest import tiny_image_processor
 from vltool.constants import IGNORE_INDEX
 from vltool.data.sample import Message
 from vltool.data.tokenization import tokenize_conversation
@@ -26,8 +26,13 @@ def test_ids_equal_hugging_face_llava_processor(tokenizer):
     messages = [Message("user", "<image>\nWhat is in the picture?\n\n  Be brief."), Message("assistant", "A dog.")]
     conv = tokenize_conversation(messages, template, tokenizer, image_seq_length=16)
     text, _ = template.render(messages)
-    processor = LlavaProcessor(image_processor=tiny_image_processor(32), tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=tiny_image_processor(32),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     hf = processor(text=text, images=[Image.new("RGB", (40, 30), "red")], return_tensors="pt")
     assert hf["input_ids"][0].tolist() == conv.input_ids
 

@@ -9,7 +9,7 @@ def test_llama_cpp_qwen2_vectors(tokenizer):
     expected = (ASSETS / "tokenizer-test-vectors" / "qwen2.out").read_text().splitlines()
     strings = strings[: len(expected)]
     assert len(strings) == 43
-    for text, ids in zip(strings, expected):
+    for text, ids in zip(strings, expected, strict=True):
         want = [int(x) for x in ids.split()]
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == want, repr(text)
 
@@ -17,4 +17,8 @@ def test_llama_cpp_qwen2_vectors(tokenizer):
 def test_hello_world_and_special_tokens(tokenizer):
     assert tokenizer("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]) == [
-        151643, 151644, 151645, 151646]
+        151643,
+        151644,
+        151645,
+        151646,
+    ]

@@ -12,12 +12,12 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from vltool.build import resolve_type
 from vltool.constants import IGNORE_INDEX
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
 from vltool.engine.runner import _param_scheduler_cfg, build_parts, optim_wrapper_cfg
 from vltool.errors import ConfigError
-from vltool.model.builder import resolve_type
 from vltool.model.tokenizer import load_qwen2_tokenizer
 
 RECIPES = [name for name in list_configs() if not name.startswith("demo")]  # the demos train their encoder

@@ -10,7 +10,7 @@ from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dat
 from vltool.cli import eval as eval_cli
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
-from vltool.errors import VltoolError
+from vltool.errors import VltoolError, user_message
 
 app = typer.Typer(
     name="vltool",
@@ -46,7 +46,7 @@ def main() -> None:
         # without standalone mode click returns a command's exit code instead of exiting
         code = app(standalone_mode=False)
     except VltoolError as err:
-        _fail(str(err))
+        _fail(user_message(err))
     except (OSError, ValueError) as err:
         _fail(f"{type(err).__name__}: {err}")
     except KeyboardInterrupt:

@@ -7,13 +7,13 @@ import torch
 from mmengine.config import Config
 from peft import PeftModel
 
+from vltool.build import resolve_type
 from vltool.convert.huggingface import check_projector, save_huggingface
 from vltool.convert.output import check_save_dir, check_shard_size, staged_save_dir
 from vltool.convert.trained import load_trained_parts, merge_adapters, without_quantization
 from vltool.convert.vltool_format import save_vltool
 from vltool.engine.config import load_config
 from vltool.errors import ConfigError
-from vltool.model.builder import resolve_type
 from vltool.model.vlm import VisionLanguageModel
 
 SAVE_FORMATS = ("vltool", "huggingface")

@@ -1,10 +1,12 @@
-"""The pre-tokenisation cache: a dataset's tokenised state saved under a key of everything that shapes it.
+"""The pre-tokenisation cache: a dataset prepared once, under a key of everything that shapes it.
 
-A run with ``cache_dir`` set tokenises once and writes the result to
-``<cache_dir>/<data file stem>-<key>.pkl``; later runs whose key matches load it instead of
-tokenising. The key hashes the data file's content, the tokenizer, the template, the
-tokenisation settings and vltool's tokenisation code, so a changed input gives a new file
-name: a stale cache is never read, only left behind.
+The first run tokenises the data file into ``<cache_dir>/<data file stem>-<key>/`` (the
+arrays of :mod:`vltool.data.storage`); later runs, and every other rank, memory-map that
+folder. The key hashes the data file's content, the tokenizer, the template, the
+tokenisation settings and vltool's tokenisation code, so a changed input gives a new folder
+name: a stale cache is never read, only left behind. Without ``cache_dir`` the folder lives
+under ``$VLTOOL_CACHE_DIR`` (default ``~/.cache/vltool/datasets``), as Hugging Face
+``datasets`` keeps its own.
 """
 
 import dataclasses
@@ -12,23 +14,21 @@ import hashlib
 import importlib.util
 import json
 import os
-import pickle
-import uuid
 from pathlib import Path
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from vltool.templates import Template
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 # the code that turns a file into token ids and decides what is kept; any change to it must
 # invalidate every cache. find_spec locates the files without importing them (dataset imports us).
 _TOKENISATION_MODULES = (
     "vltool.data.formats",
+    "vltool.data.json_stream",
+    "vltool.data.prepare",
     "vltool.data.sample",
-    "vltool.data.tokenization",
-    "vltool.data.dataset",
+    "vltool.data.storage",
     "vltool.templates",
 )
 
@@ -92,45 +92,13 @@ def tokenization_key(
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def cache_file(cache_dir: str | Path, data_path: str | Path, key: str) -> Path:
-    """Where the tokenised state of ``data_path`` under ``key`` lives."""
-    return Path(cache_dir) / f"{Path(data_path).stem}-{key[:24]}.pkl"
+def default_cache_dir() -> Path:
+    """Where prepared datasets go when the config sets no ``cache_dir``."""
+    if os.environ.get("VLTOOL_CACHE_DIR"):
+        return Path(os.environ["VLTOOL_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vltool" / "datasets"
 
 
-# Pickle, not torch.save: the state is Python lists and dataclasses, not tensors, and plain
-# pickle writes and reads them faster without torch's zip container. Unpickling can run code,
-# as torch.load(weights_only=False) would; a cache file is written by vltool into a folder the
-# user chose, and deserves the same trust as the config file, which is Python that vltool runs.
-def load_cached(path: Path, key: str) -> Any | None:
-    """The object saved at ``path`` under ``key``, or None when there is none or it cannot be read."""
-    if not path.is_file():
-        return None
-    try:
-        with path.open("rb") as file:
-            saved = pickle.load(file)
-    except Exception:  # a truncated or foreign file is a cache miss, never a failed run
-        return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
-        return None
-    return saved["value"]
-
-
-def save_cached(path: Path, key: str, value: Any) -> None:
-    """Write ``value`` to ``path`` atomically: readers see the old file or the whole new one, never a part.
-
-    Raises:
-        OSError: the folder cannot be created or written; no partial file is left behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name in the same folder, so os.replace is a rename; open() rather than mkstemp so
-    # the file gets the umask's permissions and other users of a shared cache can read it
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with temporary.open("xb") as file:
-            pickle.dump({"key": key, "value": value}, file, protocol=pickle.HIGHEST_PROTOCOL)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+def store_name(data_path: str | Path, key: str) -> str:
+    """The folder name of ``data_path`` prepared under ``key``."""
+    return f"{Path(data_path).stem}-{key[:24]}"

@@ -1,41 +1,52 @@
-"""The dataset every recipe uses: any supported format, tokenised once, images loaded lazily."""
+"""The dataset every recipe uses: any supported format, prepared once into memory-mapped arrays."""
 
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mmengine.logging import print_log
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
-from vltool.data.cache import cache_file, load_cached, save_cached, tokenization_key
-from vltool.data.formats import load_samples
+from vltool.constants import IGNORE_INDEX, IMAGE_TOKEN
+from vltool.data.cache import default_cache_dir, store_name, tokenization_key
+from vltool.data.formats import FORMATS
 from vltool.data.images import ImageTransform, load_image
-from vltool.data.sample import Sample
-from vltool.data.tokenization import TRUNCATION_POLICIES, TokenizedConversation, tokenize_conversation
+from vltool.data.json_stream import RecordReader
+from vltool.data.parallel import prepare_chunks
+from vltool.data.prepare import PrepareSettings
+from vltool.data.storage import StoreWriter, TokenStore
+from vltool.data.tokenization import TRUNCATION_POLICIES
 from vltool.errors import DatasetError
 from vltool.templates import Template
 
 
-def length_stats(lengths: list[int]) -> tuple[int, int, int, int]:
-    """``(min, median, p95, max)`` of token lengths (zeros for an empty list)."""
-    ordered = sorted(lengths) or [0]
-    return ordered[0], ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], ordered[-1]
+def length_stats(lengths: Any) -> tuple[int, int, int, int]:
+    """``(min, median, p95, max)`` of token lengths (a list or array; zeros when empty)."""
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
+    if not len(ordered):
+        return 0, 0, 0, 0
+    low, median, p95, high = ordered[[0, len(ordered) // 2, min(len(ordered) - 1, int(0.95 * len(ordered))), -1]]
+    return int(low), int(median), int(p95), int(high)
 
 
 @dataclass
 class LengthReport:
     """What tokenisation did to a dataset, for logs and ``check-dataset``."""
 
-    lengths: list[int]
+    lengths: np.ndarray
     truncated: list[str]
     dropped: list[str]
 
     def summary(self, max_length: int, truncation: str) -> str:
         """One line: sample count, length statistics and what happened to long samples."""
-        if not self.lengths:
+        if not len(self.lengths):
             return "no samples"
         low, median, p95, high = length_stats(self.lengths)
         line = f"{len(self.lengths)} samples; tokens min {low}, median {median}, p95 {p95}, max {high}"
@@ -46,57 +57,17 @@ class LengthReport:
         return line
 
 
-@dataclass
-class PreparedData:
-    """A dataset's tokenised state: what rank 0 computes, the cache stores and the other ranks receive.
-
-    It holds no tokenizer or image processor, so it is only as large as the token ids.
-
-    Attributes:
-        samples: the kept samples; training reads their ids and image paths.
-        tokenized: the tokenised conversation of each kept sample.
-        report: lengths of the kept samples, ids of the truncated and dropped ones.
-    """
-
-    samples: list[Sample]
-    tokenized: list[TokenizedConversation]
-    report: LengthReport
-
-
-def tokenize_samples(
-    samples: list[Sample],
-    template: Template,
-    tokenizer: PreTrainedTokenizerBase,
-    image_seq_length: int,
-    max_length: int,
-    truncation: str,
-) -> PreparedData:
-    """Tokenise every sample; cut or drop the ones longer than ``max_length`` as ``truncation`` says.
-
-    A truncated sample with no learned token left is dropped under either policy.
-    """
-    prepared = PreparedData([], [], LengthReport([], [], []))
-    report = prepared.report
-    for sample in samples:
-        conv = tokenize_conversation(sample.messages, template, tokenizer, image_seq_length, max_length)
-        if conv.truncated:
-            report.truncated.append(sample.sample_id)
-            if truncation == "drop" or conv.num_supervised == 0:
-                report.dropped.append(sample.sample_id)
-                continue
-        prepared.samples.append(sample)
-        prepared.tokenized.append(conv)
-        report.lengths.append(len(conv.input_ids))
-    return prepared
+class PreparedMissing(DatasetError):
+    """The prepared folder another rank named is not on this machine's disk (see build_dataset_once)."""
 
 
 class VisionLanguageDataset(Dataset):
     """Conversations with images from a LLaVA, Qwen-VL or messages file.
 
-    Every sample is parsed, validated and tokenised when the dataset is built, so bad samples
-    fail early and lengths are known to the sampler; images are decoded in ``__getitem__``.
-    Under many processes rank 0 tokenises and the others receive ``prepared``
-    (see :func:`vltool.data.distributed.build_dataset_once`).
+    Every sample is parsed, validated and tokenised when the dataset is first built (in
+    ``num_proc`` processes), so bad samples fail early and lengths are known to the sampler;
+    the result is a folder of memory-mapped arrays in the cache, which every later run, rank
+    and dataloader worker maps instead of holding a copy. Images are decoded in ``__getitem__``.
 
     Args:
         data_path: JSON or JSONL file.
@@ -109,8 +80,10 @@ class VisionLanguageDataset(Dataset):
         truncation: ``truncate`` long samples (and count them) or ``drop`` them.
         dataset_format: ``auto``, ``llava``, ``qwen_vl`` or ``messages``.
         image_aspect: ``pad`` to square with the mean colour, or ``resize``.
-        cache_dir: save the tokenised state here and reuse it while its inputs are unchanged.
-        prepared: an already tokenised and checked state; nothing is read or tokenised.
+        cache_dir: where prepared datasets live (default :func:`~vltool.data.cache.default_cache_dir`).
+        num_proc: processes that tokenise; default every core (small files: this process).
+        prepared: the name of a folder in ``cache_dir`` that another rank prepared; it is only
+            opened (:class:`PreparedMissing` when this machine does not have it).
     """
 
     def __init__(
@@ -126,81 +99,73 @@ class VisionLanguageDataset(Dataset):
         dataset_format: str = "auto",
         image_aspect: str = "pad",
         cache_dir: str | None = None,
-        prepared: PreparedData | None = None,
+        num_proc: int | None = None,
+        prepared: str | None = None,
     ) -> None:
         if truncation not in TRUNCATION_POLICIES:
             raise DatasetError(f"unknown truncation '{truncation}'; use one of {', '.join(TRUNCATION_POLICIES)}.")
+        if dataset_format not in FORMATS:
+            raise DatasetError(f"unknown dataset_format '{dataset_format}'; use one of {', '.join(FORMATS)}.")
         self.data_path = Path(data_path)
         self.max_length = max_length
+        self.image_seq_length = image_seq_length
         self.image_folder = Path(image_folder) if image_folder else self.data_path.parent
         self.image_transform = ImageTransform(image_processor, image_aspect)
-        self.cache_file: Path | None = None
-        if prepared is None:
-            tokenize_args = (tokenizer, template, image_seq_length, max_length, truncation, dataset_format)
-            prepared = self._load_or_tokenize(*tokenize_args, cache_dir)
-            print_log(f"{self.data_path.name}: {prepared.report.summary(max_length, truncation)}", logger="current")
-            for sample in prepared.samples:
-                self._check_images_exist(sample)
-            if not prepared.samples:
-                raise DatasetError(f"{self.data_path}: no usable samples (all were empty or dropped).")
-        self.samples = prepared.samples
-        self.tokenized = prepared.tokenized
-        self.report = prepared.report
-
-    @property
-    def prepared(self) -> PreparedData:
-        """The tokenised state, to send to other processes or rebuild this dataset from."""
-        return PreparedData(self.samples, self.tokenized, self.report)
-
-    def _load_or_tokenize(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        template: Template,
-        image_seq_length: int,
-        max_length: int,
-        truncation: str,
-        dataset_format: str,
-        cache_dir: str | None,
-    ) -> PreparedData:
-        """The cached state when ``cache_dir`` holds one for these inputs; else tokenise (and cache)."""
-        # a missing data file skips the cache so that load_samples reports it with its usual message
-        if cache_dir is None or not self.data_path.is_file():
-            samples = load_samples(self.data_path, dataset_format)
-            return tokenize_samples(samples, template, tokenizer, image_seq_length, max_length, truncation)
-        key = tokenization_key(
-            self.data_path, tokenizer, template, image_seq_length, max_length, truncation, dataset_format
-        )
-        self.cache_file = cache_file(cache_dir, self.data_path, key)
-        prepared = load_cached(self.cache_file, key)
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
         if prepared is not None:
-            print_log(f"loaded {len(prepared.samples)} tokenised samples from {self.cache_file}", logger="current")
-            return prepared
-        samples = load_samples(self.data_path, dataset_format)
-        prepared = tokenize_samples(samples, template, tokenizer, image_seq_length, max_length, truncation)
-        save_cached(self.cache_file, key, prepared)
-        print_log(f"wrote {len(prepared.samples)} tokenised samples to {self.cache_file}", logger="current")
-        return prepared
+            self.store_path = cache_root / prepared
+            if not self.store_path.is_dir():
+                raise PreparedMissing(f"{self.store_path}: prepared dataset not found on this machine.")
+        else:
+            settings = PrepareSettings(
+                self.data_path,
+                self.image_folder,
+                tokenizer,
+                template,
+                tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                image_seq_length,
+                max_length,
+                truncation,
+                dataset_format,
+            )
+            self.store_path = _open_or_prepare(settings, cache_root, num_proc)
+        self._open()
+        if prepared is None:
+            print_log(f"{self.data_path.name}: {self.report.summary(max_length, truncation)}", logger="current")
 
-    def _check_images_exist(self, sample: Sample) -> None:
-        for image in sample.images:
-            if not (self.image_folder / image).is_file():
-                raise DatasetError(
-                    f"{self.data_path.name}: sample {sample.sample_id}: image {self.image_folder / image} not found; "
-                    "check image_folder or remove the sample (vltool check-dataset lists every problem)."
-                )
+    def _open(self) -> None:
+        self.store = TokenStore(self.store_path)
+        manifest = self.store.manifest
+        self.image_token_id = manifest["image_token_id"]
+        self.report = LengthReport(self.store.lengths, manifest["truncated"], manifest["dropped"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker started by spawn gets the folder's name and maps it again; pickling the
+        # memory maps would copy every array into each worker
+        state = dict(self.__dict__)
+        del state["store"], state["report"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.store)
 
     @property
-    def lengths(self) -> list[int]:
-        """Token length of each sample, image tokens included."""
-        return [len(conv.input_ids) for conv in self.tokenized]
+    def lengths(self) -> np.ndarray:
+        """``[samples]`` token length of each sample, image tokens included (memory-mapped)."""
+        return self.store.lengths
 
     @property
-    def has_image(self) -> list[bool]:
-        """Whether each sample holds at least one image."""
-        return [conv.num_images > 0 for conv in self.tokenized]
+    def has_image(self) -> np.ndarray:
+        """``[samples]`` whether each sample holds at least one image."""
+        return np.asarray(self.store.num_images) > 0
+
+    def sample_id(self, index: int) -> str:
+        """The id error messages use for sample ``index``."""
+        return self.store.sample_ids[index]
 
     def load_images(self, index: int) -> list:
         """Decode the images of sample ``index`` that survived truncation.
@@ -208,21 +173,107 @@ class VisionLanguageDataset(Dataset):
         Raises:
             DatasetError: naming the sample and the file, for a missing or undecodable image.
         """
-        sample, conv = self.samples[index], self.tokenized[index]
         images = []
-        for image in sample.images[: conv.num_images]:
+        for image in self.store.images(index)[: self.store.num_images[index]]:
             try:
                 images.append(load_image(self.image_folder / image))
             except DatasetError as err:
-                raise DatasetError(f"{self.data_path.name}: sample {sample.sample_id}: {err}") from None
+                raise DatasetError(f"{self.data_path.name}: sample {self.sample_id(index)}: {err}") from None
         return images
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One sample: ``input_ids``/``labels`` ``[seq_len]``, ``pixel_values`` ``[n_img, 3, H, W]`` or None."""
-        conv = self.tokenized[index]
+        ids = self.store.token_ids(index)
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+        for start, end in self.store.learned_spans(index):
+            labels[start:end] = ids[start:end]
+        if self.store.num_images[index]:
+            repeats = np.where(ids == self.image_token_id, self.image_seq_length, 1)
+            ids, labels = np.repeat(ids, repeats), np.repeat(labels, repeats)
         images = self.load_images(index)
         return {
-            "input_ids": torch.tensor(conv.input_ids, dtype=torch.long),
-            "labels": torch.tensor(conv.labels, dtype=torch.long),
+            "input_ids": torch.from_numpy(ids.astype(np.int64)),
+            "labels": torch.from_numpy(labels),
             "pixel_values": self.image_transform(images) if images else None,
         }
+
+
+def _open_or_prepare(settings: PrepareSettings, cache_root: Path, num_proc: int | None) -> Path:
+    """The prepared folder for ``settings``: the cached one when its inputs are unchanged, else a new one."""
+    RecordReader(settings.data_path)  # a missing data file is reported as such, before any hashing
+    key = tokenization_key(
+        settings.data_path,
+        settings.tokenizer,
+        settings.template,
+        settings.image_seq_length,
+        settings.max_length,
+        settings.truncation,
+        settings.dataset_format,
+    )
+    folder = cache_root / store_name(settings.data_path, key)
+    if folder.is_dir():
+        try:
+            store = TokenStore(folder)
+            if store.manifest.get("key") == key:
+                print_log(f"loaded {len(store)} prepared samples from {folder}", logger="current")
+                if store.manifest["image_folder"] != str(settings.image_folder):
+                    _check_images_exist(store, settings)
+                return folder
+        except ValueError as err:
+            print_log(f"preparing again: {err}", logger="current", level="WARNING")
+        _discard(folder)
+    return _prepare(settings, folder, key, num_proc)
+
+
+def _discard(folder: Path) -> None:
+    """Delete a damaged prepared folder; it is renamed first so that no reader opens it half-deleted."""
+    doomed = folder.with_name(f".{folder.name}.damaged.{time.time_ns()}")
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _prepare(settings: PrepareSettings, folder: Path, key: str, num_proc: int | None) -> Path:
+    start = time.monotonic()
+    truncated: list[str] = []
+    dropped: list[str] = []
+    with StoreWriter(folder) as writer:
+        for chunk in prepare_chunks(settings, num_proc, f"preparing {settings.data_path.name}"):
+            writer.add(chunk)
+            truncated += chunk.truncated
+            dropped += chunk.dropped
+        if not writer.sample_ids:
+            raise DatasetError(f"{settings.data_path}: no usable samples (all were empty or dropped).")
+        writer.finish(
+            {
+                "key": key,
+                "data_path": str(settings.data_path),
+                "image_folder": str(settings.image_folder),
+                "image_token_id": settings.image_token_id,
+                "image_seq_length": settings.image_seq_length,
+                "max_length": settings.max_length,
+                "truncation": settings.truncation,
+                "truncated": truncated,
+                "dropped": dropped,
+            }
+        )
+    count = len(writer.sample_ids)
+    print_log(f"prepared {count} samples in {time.monotonic() - start:.1f} s into {folder}", logger="current")
+    return folder
+
+
+def _check_images_exist(store: TokenStore, settings: PrepareSettings) -> None:
+    """Every image of a dataset prepared with another image folder must be in this one."""
+
+    def missing(index: int) -> str | None:
+        for image in store.images(index):
+            if not (settings.image_folder / image).is_file():
+                return f"sample {store.sample_ids[index]}: image {settings.image_folder / image} not found"
+        return None
+
+    with ThreadPoolExecutor(16) as pool:  # stat calls wait on the disk, not the CPU
+        for problem in pool.map(missing, range(len(store)), chunksize=4096):
+            if problem:
+                raise DatasetError(
+                    f"{settings.data_path.name}: {problem}; check image_folder or remove the sample "
+                    "(vltool check-dataset lists every problem)."
+                )

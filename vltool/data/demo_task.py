@@ -63,6 +63,7 @@ def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Ra
 
 
 def random_attributes(rng: random.Random) -> dict[str, str]:
+    """A random colour, shape and position for one picture."""
     return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "position": rng.choice(POSITIONS)}
 
 
@@ -72,14 +73,16 @@ def _free_answer(kind: str, value: str) -> str:
 
 def _mc_turn(kind: str, attrs: dict[str, str]) -> tuple[str, str]:
     question, options, _ = MC_QUESTIONS[kind]
-    letters = dict(zip("ABCD", options))
+    letters = dict(zip("ABCD", options, strict=False))
     answer = next(letter for letter, text in letters.items() if text == attrs[kind])
     return build_prompt(question, letters), answer
 
 
 def _training_record(index: int, image: str, attrs: dict[str, str], rng: random.Random) -> dict:
-    """One multiple-choice question (80%), one free-form question (10%), or a multi-turn
-    conversation: a multiple-choice question, then a free-form one about the same image (10%)."""
+    """One multiple-choice question (80%), one free-form question (10%), or a multi-turn conversation.
+
+    The multi-turn one (10%) is a multiple-choice question, then a free-form one about the same image.
+    """
     kinds = list(FREE_QUESTIONS)
     style = rng.random()
     if style < 0.8:
@@ -161,7 +164,7 @@ def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Rando
                 "index": index,
                 "question": question,
                 "hint": "",
-                **dict(zip("ABCD", options)),
+                **dict(zip("ABCD", options, strict=False)),
                 "answer": "ABCD"[options.index(attrs[kind])],
                 "category": kind,
                 "l2-category": l2,

@@ -1,11 +1,16 @@
-"""Prepare the dataset once under many processes: rank 0 tokenises it, every other rank receives it.
+"""Prepare the dataset once under many processes: rank 0 tokenises it, every other rank maps its files.
 
 Without this each of N processes tokenises the same file, and a large file keeps the others in
 their first collective until NCCL's 30-minute timeout kills the job. Here the wait happens in
 a gloo group of its own whose timeout is the config's ``dataset_prepare_timeout``, so it works
 on CPU, does not depend on NCCL's timeout, and ends with a message that names the setting.
+Only the prepared folder's name travels: every rank memory-maps the same files, so a node
+holds one copy of the dataset in its page cache however many ranks it runs. A node that does
+not see rank 0's folder (no shared disk) prepares its own copy once, on its local rank 0.
 """
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +19,7 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from vltool.data.dataset import PreparedData, VisionLanguageDataset
+from vltool.data.dataset import PreparedMissing, VisionLanguageDataset
 from vltool.errors import ConfigError, DatasetError, VltoolError
 
 T = TypeVar("T")
@@ -109,22 +114,69 @@ def _receive(group: Any, timeout_s: float, setting: str) -> Any:
 def build_dataset_once(build_dataset: Callable[..., D], timeout_s: float = DEFAULT_DATASET_PREPARE_TIMEOUT_S) -> D:
     """Build the dataset on every rank while only rank 0 reads and tokenises the data file.
 
-    Rank 0 builds the dataset (tokenising, or loading the pre-tokenisation cache) and sends
-    its :class:`~vltool.data.dataset.PreparedData`; the other ranks build theirs from it.
+    Rank 0 builds the dataset (preparing it, or opening the cached folder) and sends the
+    folder's name; the other ranks open that folder in their own ``cache_dir``. Where a node
+    does not have it, that node's local rank 0 prepares it while the node's other ranks wait.
 
     Args:
-        build_dataset: builds the dataset; called with no arguments on rank 0 and with
-            ``prepared=`` on the others, e.g. ``partial(build, cfg.train_dataloader.dataset, tokenizer=...)``.
-        timeout_s: the config's ``dataset_prepare_timeout``: how long the others wait for rank 0.
+        build_dataset: builds the dataset; called with no arguments to prepare and with
+            ``prepared=NAME`` to open, e.g. ``partial(build, cfg.train_dataloader.dataset, tokenizer=...)``.
+        timeout_s: the config's ``dataset_prepare_timeout``: how long the others wait.
 
     Raises:
         DatasetError: see :func:`broadcast_from_rank0`.
     """
     built: list[D] = []
 
-    def prepare_on_rank0() -> PreparedData:
+    def prepare_on_rank0() -> str:
         built.append(build_dataset())
-        return built[0].prepared
+        return built[0].store_path.name
 
-    prepared = broadcast_from_rank0(prepare_on_rank0, timeout_s, DATASET_PREPARE_TIMEOUT_KEY)
-    return built[0] if built else build_dataset(prepared=prepared)
+    name = broadcast_from_rank0(prepare_on_rank0, timeout_s, DATASET_PREPARE_TIMEOUT_KEY)
+    if not is_multiprocess():
+        return built[0]
+    dataset = built[0] if built else _open(build_dataset, name)
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    try:
+        node = (socket.gethostname(), os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0")))
+        missing: list[Any] = [None] * dist.get_world_size()
+        _gather(missing, (node, dataset is None), group, timeout_s)
+        nodes_without = {where for where, lacks in missing if lacks}
+        if not nodes_without:
+            return dataset
+        failure = None
+        if node in nodes_without and os.environ.get("LOCAL_RANK", "0") == "0":
+            try:
+                dataset = build_dataset()
+            except Exception as err:
+                failure = _Failure(
+                    err if isinstance(err, VltoolError) else RuntimeError(f"{type(err).__name__}: {err}")
+                )
+        outcomes: list[Any] = [None] * dist.get_world_size()
+        _gather(outcomes, failure, group, timeout_s)
+    finally:
+        dist.destroy_process_group(group)
+    for outcome in outcomes:
+        if outcome is not None:
+            raise outcome.error
+    return dataset if dataset is not None else build_dataset(prepared=name)
+
+
+def _open(build_dataset: Callable[..., D], name: str) -> D | None:
+    """The dataset from the prepared folder ``name``, or None when this machine's disk lacks it."""
+    try:
+        return build_dataset(prepared=name)
+    except PreparedMissing:
+        return None
+
+
+def _gather(out: list[Any], value: Any, group: Any, timeout_s: float) -> None:
+    """``all_gather_object`` in the preparation group, with its timeout named when it runs out."""
+    try:
+        dist.all_gather_object(out, value, group=group)
+    except RuntimeError as err:
+        raise DatasetError(
+            f"a node took longer than {DATASET_PREPARE_TIMEOUT_KEY}={timeout_s:g} s to prepare its copy of the "
+            f"dataset, or a rank was lost; raise {DATASET_PREPARE_TIMEOUT_KEY} in the config or pre-tokenise with "
+            "`vltool prepare-dataset CONFIG` on each node."
+        ) from err

@@ -1,4 +1,4 @@
-"""Read dataset files (JSON or JSONL) in the LLaVA, Qwen-VL or messages format into :class:`Sample`.
+r"""Read dataset files (JSON or JSONL) in the LLaVA, Qwen-VL or messages format into :class:`Sample`.
 
 - LLaVA: ``{"image": "a.jpg" | [...], "conversations": [{"from": "human", "value": "<image>\\n..."},
   {"from": "gpt", "value": "..."}]}``
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vltool.constants import IMAGE_TOKEN
+from vltool.data.json_stream import RawRecord, RecordReader
 from vltool.data.sample import Message, Sample
 from vltool.errors import DatasetError
 
@@ -29,37 +30,28 @@ BOX = re.compile(r"<box>(.*?)</box>")
 BOX_COORDS = re.compile(r"^\((\d+),(\d+)\),\((\d+),(\d+)\)$")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON list or a JSONL file of records.
+def parse_record(raw: RawRecord, path: Path) -> Any:
+    """The parsed JSON of one record.
 
     Raises:
-        DatasetError: the file is missing, or not valid JSON (names the line and column).
+        DatasetError: the record is not valid JSON (only a JSONL line can be: a JSON list's
+            elements were decoded once already); names the line and column.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: dataset file not found; check train_dataloader.dataset.data_path.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DatasetError(
-                    f"{path}:{line_no}: invalid JSON ({err.msg} at column {err.colno}); fix or remove this line."
-                ) from None
-        return records
     try:
-        data = json.loads(text)
+        return json.loads(raw.text)
     except json.JSONDecodeError as err:
         raise DatasetError(
-            f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno}); fix the file."
+            f"{path}:{raw.line}: invalid JSON ({err.msg} at column {err.colno}); fix or remove this line."
         ) from None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(data).__name__}.")
-    return data
+
+
+def read_records(path: str | Path) -> list[Any]:
+    """Read every record of a JSON list or a JSONL file (small files: tests, chat exports).
+
+    Raises:
+        DatasetError: the file is missing, or not valid JSON (names the line).
+    """
+    return [parse_record(raw, Path(path)) for raw in RecordReader(path)]
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -149,7 +141,7 @@ def _check_structure(messages: list[Message], images: list[str], where: str) -> 
         raise DatasetError(f"{where}: conversation has no assistant turn; add the reply or remove the sample.")
     if any(m.role == "system" for m in messages[1:]):
         raise DatasetError(f"{where}: a system turn may only come first.")
-    if any(a == b for a, b in zip(roles, roles[1:])) or roles[0] != "user":
+    if any(a == b for a, b in zip(roles, roles[1:], strict=False)) or roles[0] != "user":
         raise DatasetError(f"{where}: turns must alternate user/assistant, starting with user (got {roles}).")
     tags = sum(m.content.count(IMAGE_TOKEN) for m in messages)
     if tags != len(images):

@@ -3,6 +3,7 @@
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from mmengine.dist import get_dist_info
 from torch.utils.data import Sampler
@@ -29,8 +30,8 @@ class LengthGroupedSampler(Sampler[int]):
         self, dataset: VisionLanguageDataset, batch_size: int, seed: int | None = None, mega_batch_factor: int = 8
     ) -> None:
         self.rank, self.world_size = get_dist_info()
-        self.lengths = dataset.lengths
-        self.has_image = dataset.has_image
+        self.lengths = np.asarray(dataset.lengths)  # memory-mapped: read, never copied into Python lists
+        self.has_image = np.asarray(dataset.has_image)
         self.batch_size = batch_size
         self.seed = 0 if seed is None else seed
         self.mega_batch_factor = mega_batch_factor
@@ -40,16 +41,18 @@ class LengthGroupedSampler(Sampler[int]):
         """Called by mmengine's loops so every epoch has a new order."""
         self.epoch = epoch
 
-    def _global_batches(self) -> list[list[int]]:
+    def _global_batches(self) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         global_batch = self.batch_size * self.world_size
-        batches: list[list[int]] = []
+        batches: list[np.ndarray] = []
         for modality in (True, False):
-            indices = [i for i, flag in enumerate(self.has_image) if flag == modality]
-            order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+            indices = np.flatnonzero(self.has_image == modality)
+            order = indices[torch.randperm(len(indices), generator=generator).numpy()]
             mega = global_batch * self.mega_batch_factor
             for start in range(0, len(order), mega):
-                group = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+                group = order[start : start + mega]
+                # longest first; a stable sort keeps equal lengths in their shuffled order
+                group = group[np.argsort(-self.lengths[group].astype(np.int64), kind="stable")]
                 batches += [group[i : i + global_batch] for i in range(0, len(group), global_batch)]
         return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
@@ -57,8 +60,14 @@ class LengthGroupedSampler(Sampler[int]):
         global_batch = self.batch_size * self.world_size
         for batch in self._global_batches():
             if len(batch) < global_batch:  # a short tail: repeat it so every rank gets a full batch
-                batch = (batch * math.ceil(global_batch / len(batch)))[:global_batch]
-            yield from batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+                batch = np.tile(batch, math.ceil(global_batch / len(batch)))[:global_batch]
+            yield from batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
 
     def __len__(self) -> int:
-        return len(self._global_batches()) * self.batch_size
+        global_batch = self.batch_size * self.world_size
+        mega = global_batch * self.mega_batch_factor
+        batches = 0
+        for count in (int(self.has_image.sum()), int((~self.has_image).sum())):
+            full, rest = divmod(count, mega)
+            batches += full * math.ceil(mega / global_batch) + math.ceil(rest / global_batch)
+        return batches * self.batch_size

@@ -64,7 +64,7 @@ def tokenize_conversation(
     labels: list[int] = []
     span_iter = iter(spans)
     span = next(span_iter, None)
-    for token_id, (start, _end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+    for token_id, (start, _end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
         while span is not None and start >= span[1]:
             span = next(span_iter, None)
         if token_id == image_token_id:

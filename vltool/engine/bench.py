@@ -18,20 +18,15 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
+from vltool.build import resolve_type
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.packing import pack_collate
+from vltool.engine.data_parts import build_data_parts, build_train_dataset, prepare_data
 from vltool.engine.flops import peak_flops, training_flops
 from vltool.engine.model import TrainingModel
-from vltool.engine.runner import (
-    build_seeded_parts,
-    build_train_dataset,
-    dataloader_cfg,
-    optim_wrapper_cfg,
-    prepare_data,
-)
+from vltool.engine.runner import build_seeded_parts, dataloader_cfg, optim_wrapper_cfg
 from vltool.errors import ConfigError
-from vltool.model.builder import resolve_type
 
 COLLATES = {"padded": pad_collate, "packed": pack_collate}
 
@@ -92,7 +87,7 @@ def collate_mode(cfg: Config) -> str:
 def prepare(cfg: Config) -> VisionLanguageDataset:
     """Write the config's data if it generates it, and build the training dataset once for every run."""
     prepare_data(cfg)
-    return build_train_dataset(cfg, build_seeded_parts(cfg))
+    return build_train_dataset(cfg, build_data_parts(cfg))
 
 
 def run_bench(cfg: Config, dataset: VisionLanguageDataset, mode: str, steps: int, warmup: int = 2) -> BenchResult:

@@ -4,7 +4,7 @@ import difflib
 import fnmatch
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config, ConfigDict, DictAction
 
 from vltool.constants import CONFIGS_DIR
 from vltool.errors import ConfigError
@@ -73,6 +73,17 @@ def load_config(name_or_path: str, cfg_options: list[str] | None = None) -> Conf
         _check_key_exists(cfg, key, path)
     cfg.merge_from_dict(overrides)
     return cfg
+
+
+def train_dataset_cfg(cfg: Config) -> ConfigDict:
+    """``cfg.train_dataloader.dataset``.
+
+    Raises:
+        ConfigError: the config has none.
+    """
+    if "dataset" not in cfg.get("train_dataloader", {}):
+        raise ConfigError("config has no train_dataloader.dataset entry; see docs/data_formats.md.")
+    return cfg.train_dataloader.dataset
 
 
 def _check_key_exists(cfg: Config, dotted: str, path: Path) -> None:

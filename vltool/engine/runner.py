@@ -17,23 +17,26 @@ from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
+from vltool.build import build, resolve_type
 from vltool.constants import RESUME_LATEST
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
-from vltool.data.distributed import (
-    DATASET_PREPARE_TIMEOUT_KEY,
-    DEFAULT_DATASET_PREPARE_TIMEOUT_S,
-    broadcast_from_rank0,
-    build_dataset_once,
-)
+from vltool.data.distributed import DATASET_PREPARE_TIMEOUT_KEY, broadcast_from_rank0
 from vltool.data.images import ImageTransform
 from vltool.data.sampler import LengthGroupedSampler
 from vltool.engine.checkpoint import check_pretrained_exists, find_resume_checkpoint, load_pretrained
+from vltool.engine.data_parts import (
+    DataParts,
+    build_train_dataset,
+    check_required_keys,
+    dataset_prepare_timeout,
+    prepare_data,
+)
 from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
-from vltool.model.builder import build, build_model, resolve_type
+from vltool.model.builder import build_model
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template, load_template
 
@@ -53,18 +56,14 @@ class Parts:
         """The inference pipeline over these parts."""
         return Pipeline(self.model, self.tokenizer, self.template, ImageTransform(self.image_processor, image_aspect))
 
-
-def prepare_data(cfg: Config) -> None:
-    """Run the config's ``data_preparation`` step (the demo writes its dataset here), if any."""
-    if cfg.get("data_preparation"):
-        build(cfg.data_preparation)
+    def data_parts(self) -> DataParts:
+        """What the training dataset is built from, the visual-token count taken from the built model."""
+        return DataParts(self.tokenizer, self.template, self.image_processor, self.model.image_seq_length)
 
 
 def build_parts(cfg: Config) -> Parts:
     """Tokenizer, template, image processor and model from ``cfg``."""
-    for key in ("tokenizer", "template", "image_processor", "model"):
-        if key not in cfg:
-            raise ConfigError(f"config has no '{key}' entry; see docs/configs.md for the required keys.")
+    check_required_keys(cfg)
     template = load_template(cfg.template)
     tokenizer = build(cfg.tokenizer)
     model = build_model(cfg.model, tokenizer)
@@ -82,23 +81,6 @@ def build_seeded_parts(cfg: Config) -> Parts:
     randomness = cfg.get("randomness", dict(seed=0))
     set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
     return build_parts(cfg)
-
-
-def _prepare_timeout(cfg: Config) -> float:
-    return float(cfg.get(DATASET_PREPARE_TIMEOUT_KEY, DEFAULT_DATASET_PREPARE_TIMEOUT_S))
-
-
-def build_train_dataset(cfg: Config, parts: Parts) -> VisionLanguageDataset:
-    """The training dataset, given the built tokenizer, template and model; tokenised on rank 0 only."""
-    build_dataset = partial(
-        build,
-        cfg.train_dataloader.dataset,
-        tokenizer=parts.tokenizer,
-        template=parts.template,
-        image_processor=parts.image_processor,
-        image_seq_length=parts.model.image_seq_length,
-    )
-    return build_dataset_once(build_dataset, _prepare_timeout(cfg))
 
 
 def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
@@ -233,12 +215,12 @@ def build_runner(
             raise ConfigError("a quantised (QLoRA) LLM cannot be partitioned by ZeRO-3; use --deepspeed zero2.")
     init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
     # rank 0 writes the data; the others wait under dataset_prepare_timeout and see its errors
-    broadcast_from_rank0(partial(prepare_data, cfg), _prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
+    broadcast_from_rank0(partial(prepare_data, cfg), dataset_prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
     with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
         parts = build_seeded_parts(cfg)
     if pretrained:
         load_pretrained(parts.model, pretrained)
-    dataset = build_train_dataset(cfg, parts)
+    dataset = build_train_dataset(cfg, parts.data_parts())
     common = dict(
         model=TrainingModel(parts.model),
         work_dir=cfg.work_dir,

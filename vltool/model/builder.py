@@ -1,12 +1,9 @@
-"""Turn config dicts into objects: the one place where configs become modules."""
-
-from typing import Any
+"""Build the vision-language model from ``cfg.model``: encoder, LLM (LoRA, QLoRA), projector."""
 
 from mmengine.config import ConfigDict
-from mmengine.utils import get_object_from_string
 from transformers import PreTrainedTokenizerBase
 
-from vltool.errors import ConfigError
+from vltool.build import build
 from vltool.model.lora import (
     add_lora,
     enable_gradient_checkpointing,
@@ -15,32 +12,6 @@ from vltool.model.lora import (
 )
 from vltool.model.tokenizer import add_image_token
 from vltool.model.vlm import VisionLanguageModel
-
-
-def resolve_type(type_: Any) -> Any:
-    """A config's ``type``: the object itself, or a dotted name (configs dumped by mmengine) imported."""
-    if not isinstance(type_, str):
-        return type_
-    obj = get_object_from_string(type_)
-    if obj is None:
-        raise ConfigError(f"config type '{type_}' cannot be imported; check the name or install its package.")
-    return obj
-
-
-def build(cfg: Any, **extra: Any) -> Any:
-    """Instantiate ``cfg`` bottom-up: every dict with a ``type`` is called with its other keys.
-
-    Nested dicts and lists are built first, so ``dict(type=VisionEncoder, model=dict(type=...))``
-    passes the built inner object. ``extra`` adds keyword arguments to the outermost call.
-    """
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(build(item) for item in cfg)
-    if not isinstance(cfg, dict):
-        return cfg
-    kwargs = {key: build(value) for key, value in cfg.items() if key != "type"}
-    if "type" not in cfg:
-        return {**kwargs, **extra}
-    return resolve_type(cfg["type"])(**kwargs, **extra)
 
 
 def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> VisionLanguageModel:
