@@ -29,13 +29,9 @@ process that maps the file, which the kernel can drop and reread; they are not p
 Figures go to stdout as a markdown table and to ``<out>/results.json``; each child's log to
 ``<out>/logs/``. Every run prepares into an emptied ``<out>/cache``. ``tools/mix665k.py`` alone
 only writes the data file; ``proc_memory.py`` reads /proc, ``data_bench_report.py`` the table.
-A dataset without ``num_proc`` or ``store_path`` (vltool before memory-mapped storage) is
-measured too: ``num_proc`` is passed only where the constructor takes it, and the pickle
-file's size stands for the folder's.
 """
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -75,10 +71,8 @@ def dataset_parts() -> dict[str, Any]:
 
 
 def dataset_arguments(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
-    """Every ``VisionLanguageDataset`` argument; ``num_proc`` only where the constructor takes it."""
-    from vltool.data.dataset import VisionLanguageDataset
-
-    kwargs = dict(
+    """Every ``VisionLanguageDataset`` argument."""
+    return dict(
         data_path=str(data_file(args)),
         image_folder=str(args.out / "images"),
         **parts,
@@ -88,15 +82,8 @@ def dataset_arguments(args: argparse.Namespace, parts: dict[str, Any]) -> dict[s
         dataset_format="auto",
         image_aspect="pad",
         cache_dir=str(args.out / "cache"),
+        num_proc=args.num_proc,
     )
-    if args.num_proc is not None and "num_proc" in inspect.signature(VisionLanguageDataset).parameters:
-        kwargs["num_proc"] = args.num_proc
-    return kwargs
-
-
-def store_of(dataset: Any) -> Path | None:
-    """The prepared folder (the pickle file of the code before memory-mapped storage)."""
-    return getattr(dataset, "store_path", None) or getattr(dataset, "cache_file", None)
 
 
 def data_file(args: argparse.Namespace) -> Path:
@@ -114,14 +101,14 @@ def child_prepare(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = VisionLanguageDataset(**kwargs)
     seconds = time.perf_counter() - started
-    store = store_of(dataset)
+    store = dataset.store_path
     return {
         "seconds": seconds,
-        "num_proc": kwargs.get("num_proc", "default"),
+        "num_proc": kwargs["num_proc"] or "default",
         "kept": len(dataset),
         "summary": dataset.report.summary(args.max_length, "truncate"),
         "store": str(store),
-        "store_bytes": folder_bytes(store) if store else None,
+        "store_bytes": folder_bytes(store),
         "cache_dir_bytes": folder_bytes(args.out / "cache"),
         "rss_before_kb": before.get("Rss"),
         "peak_rss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -171,3 +171,17 @@ def test_byte_level_offsets_are_the_tokenizers_offsets(tokenizer):
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         sizes = lengths[encoding["input_ids"]]
         assert [start for start, _ in encoding["offset_mapping"]] == (np.cumsum(sizes) - sizes).tolist(), repr(text)
+
+
+def test_a_spawned_worker_gets_the_folder_not_a_copy(tmp_path, tokenizer):
+    """DataLoader workers started by spawn unpickle the dataset: they must map the files again."""
+    import pickle
+
+    dataset = build(
+        write_mixed(tmp_path, 300), tokenizer, load_template("qwen_chat"), tmp_path / "c", image_seq_length=16
+    )
+    data = pickle.dumps(dataset)
+    assert len(data) < dataset.store.tokens.nbytes / 10  # the token arrays are not in the pickle
+    copy = pickle.loads(data)
+    assert isinstance(copy.store.tokens, np.memmap) and len(copy) == len(dataset)
+    assert copy[7]["input_ids"].tolist() == dataset[7]["input_ids"].tolist()
