@@ -44,14 +44,14 @@ class ByteLevelEncoder:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             return None
-        spec = json.loads(backend.to_str())
-        byte_level = any(
-            part.get("type") == "ByteLevel" for part in _listed(spec.get("pre_tokenizer"), "pretokenizers")
+        # each component's own JSON: serialising the whole tokenizer (vocabulary, merges) costs a second
+        pre_tokenizer, normalizer = (
+            json.loads(part.__getstate__()) if part is not None else None
+            for part in (backend.pre_tokenizer, backend.normalizer)
         )
-        ascii_safe = all(
-            n.get("type") in _ASCII_SAFE_NORMALIZERS for n in _listed(spec.get("normalizer"), "normalizers")
-        )
-        if not (byte_level and ascii_safe and spec.get("model", {}).get("type") == "BPE"):
+        byte_level = any(part.get("type") == "ByteLevel" for part in _listed(pre_tokenizer, "pretokenizers"))
+        ascii_safe = all(n.get("type") in _ASCII_SAFE_NORMALIZERS for n in _listed(normalizer, "normalizers"))
+        if not (byte_level and ascii_safe and type(backend.model).__name__ == "BPE"):
             return None
         lengths = np.zeros(len(tokenizer), dtype=np.int64)
         for token, index in backend.get_vocab(with_added_tokens=False).items():

@@ -34,8 +34,6 @@ from vltool.templates import Template
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-IMAGE_CHECKS = ("exists", "decode")
-
 
 @dataclass(frozen=True)
 class PrepareSettings:
