@@ -5,6 +5,7 @@ only read data (``check-dataset``, ``prepare-dataset``) build what they need thr
 function as training.
 """
 
+import inspect
 from typing import Any
 
 from mmengine.utils import get_object_from_string
@@ -35,4 +36,23 @@ def build(cfg: Any, **extra: Any) -> Any:
     kwargs = {key: build(value) for key, value in cfg.items() if key != "type"}
     if "type" not in cfg:
         return {**kwargs, **extra}
-    return resolve_type(cfg["type"])(**kwargs, **extra)
+    target = resolve_type(cfg["type"])
+    _check_arguments(target, {**kwargs, **extra})
+    return target(**kwargs, **extra)
+
+
+def _check_arguments(target: Any, kwargs: dict[str, Any]) -> None:
+    """A misspelt or missing config key is a one-line ConfigError naming the type, not a TypeError traceback.
+
+    Checked against the signature before the call, so a TypeError raised inside the call is not mistaken for one.
+    """
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # some builtins and C types have no signature to check against
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        name = getattr(target, "__qualname__", repr(target))
+        keys = ", ".join(key for key in signature.parameters if key not in ("self", "args", "kwargs"))
+        raise ConfigError(f"config entry of type {name}: {err}; its keys are: {keys}.") from None
