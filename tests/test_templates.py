@@ -1,10 +1,10 @@
 import pytest
 
 from vltool.constants import IGNORE_INDEX
-from vltool.data.sample import Message
 from vltool.data.tokenization import tokenize_conversation
 from vltool.errors import ConfigError
 from vltool.templates import available_templates, load_template
+from vltool.templates.message import Message
 
 IM_START, IM_END, NL = 151644, 151645, 198
 SYSTEM, USER, ASSISTANT = 8948, 872, 77091

@@ -18,7 +18,7 @@ import torch
 
 from vltool.engine.config import load_config
 from vltool.engine.model import TrainingModel
-from vltool.engine.runner import build_seeded_parts
+from vltool.model.builder import build_seeded_parts
 
 QWEN2_5_0_5B = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2

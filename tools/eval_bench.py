@@ -26,9 +26,9 @@ from chat_bench import build
 from PIL import Image
 from rich.console import Console
 
-from vltool.data.sample import Message
 from vltool.eval.mmbench import load_questions, mmbench_requests, rescore_mmbench
 from vltool.infer.pipeline import GenerationOptions
+from vltool.templates.message import Message
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 

@@ -31,7 +31,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem
 GIB = 2**30
 GPUS = 8
 LORA_RANK = 128  # _base_/llms/lora.py
-QLORA_RANK = 64  # _base_/llms/qlora_4bit.py
+QLORA_RANK = 128  # the QLoRA recipes are the LoRA recipes (_base_/llms/lora.py) with a 4-bit LLM
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit code, 8-bit absmax per 64, fp32 absmax per 256 blocks
 CLIP_L14_336_PARAMS = 303_507_456  # CLIPVisionModel: hidden 1024, MLP 4096, 24 layers, 577 positions
 CLIP_HIDDEN = 1024

@@ -28,6 +28,14 @@ def test_list_and_copy_cfg(tmp_path):
     assert copied.returncode == 0 and (tmp_path / "demo.py").is_file()
 
 
+def test_copy_cfg_prints_the_whole_path(tmp_path):
+    # longer than a piped console's 80 columns, with brackets that rich would read as markup
+    dest = tmp_path / ("x" * 90) / "cfg[ut]"
+    copied = vltool("copy-cfg", "demo", str(dest))
+    assert copied.returncode == 0, copied.stderr
+    assert f"copied demo to {dest / 'demo.py'}" in copied.stdout.splitlines()
+
+
 def tiny_demo_options(data):
     return [
         "--cfg-options",
@@ -71,6 +79,21 @@ def test_check_dataset_clean_exits_zero(tmp_path):
     result = vltool("check-dataset", "demo", *tiny_demo_options(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "problems" in result.stdout
+    assert not (tmp_path / "data").exists()  # the demo's own dataset is not what was checked, so not written
+
+
+def test_prepare_dataset_with_other_data_writes_no_demo_data(tmp_path):
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "ok.png")
+    record = {
+        "image": "ok.png",
+        "conversations": [{"from": "human", "value": "<image>\nC?"}, {"from": "gpt", "value": "Blue."}],
+    }
+    (tmp_path / "d.json").write_text(json.dumps([record] * 3))
+    options = [*tiny_demo_options(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    result = vltool("prepare-dataset", "demo", *options, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "prepared dataset:" in result.stdout
+    assert not (tmp_path / "data").exists()
 
 
 def test_check_dataset_no_decode_only_looks_for_files(tmp_path):
@@ -105,4 +128,4 @@ def test_train_bad_dataset_is_one_line(tmp_path):
 def test_cfg_option_typo(tmp_path):
     result = vltool("train", "demo", "--cfg-options", "train_cfg.max_iter=3", "trian_cfg.x=1")
     assert result.returncode == 1
-    assert "'trian_cfg' is not a key" in result.stderr
+    assert "nothing reads 'trian_cfg'" in result.stderr

@@ -9,10 +9,10 @@ from transformers import AutoProcessor, SiglipImageProcessor, SiglipImageProcess
 
 from vltool.convert.hf_processor import chat_template, llava_image_processor, llava_processor
 from vltool.data.images import ImageTransform, load_image
-from vltool.data.sample import Message
 from vltool.data.tokenization import tokenize_conversation
 from vltool.errors import ConfigError
 from vltool.templates import Template, available_templates, load_template
+from vltool.templates.message import Message
 
 IMAGE = object()  # stands for one image in CONVERSATIONS
 PHOTOS = ("extreme_ironing.jpg", "waterview.jpg")  # 570x380 and 1000x667: padding matters

@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, CLIPImageProcessor, LlavaForCondi
 from tests.convert.trained_runs import QUESTION, assert_same_logits, inputs, variant_config
 from vltool.convert.pth_to_hf import convert_checkpoint
 from vltool.data.images import ImageTransform, load_image
-from vltool.data.sample import Message
 from vltool.errors import ConfigError
 from vltool.infer.load import load_pipeline
 from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.templates import load_template
+from vltool.templates.message import Message
 
 PLAIN_SCRIPT = Path(__file__).with_name("plain_transformers_llava.py")
 

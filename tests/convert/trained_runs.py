@@ -7,12 +7,13 @@ import torch
 from mmengine.config import Config
 
 from tests.engine.train_runs import write_colour_dataset
-from vltool.data.sample import Message
 from vltool.engine.config import load_config
 from vltool.engine.hooks import unwrap
-from vltool.engine.runner import build_runner, build_seeded_parts
+from vltool.engine.runner import build_runner
 from vltool.infer.pipeline import Pipeline
+from vltool.model.builder import build_seeded_parts
 from vltool.model.vlm import VisionLanguageModel
+from vltool.templates.message import Message
 
 ITERS = 2
 QUESTION = "What colour is it?"
@@ -80,10 +81,8 @@ def variant_config(kind: str, data: Path, bases: tuple[Path, Path] | None = None
         model.llm = dict(
             type="transformers.AutoModelForCausalLM.from_pretrained",
             pretrained_model_name_or_path=str(llm_dir),
-            quantization_config=dict(
-                type="transformers.BitsAndBytesConfig", load_in_4bit=True, bnb_4bit_quant_type="nf4"
-            ),
         )
+        model.llm_quantization = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4")
         model.vision_encoder.model = dict(
             type="transformers.CLIPVisionModel.from_pretrained", pretrained_model_name_or_path=str(clip_dir)
         )

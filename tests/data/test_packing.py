@@ -6,6 +6,7 @@ import torch
 from vltool.constants import IGNORE_INDEX
 from vltool.data.collate import pad_collate, supervised_positions
 from vltool.data.packing import assign_rows, pack_collate
+from vltool.model.segment_attention import SEGMENT_ATTENTION
 
 PAD = 151643
 
@@ -58,6 +59,15 @@ def test_layout_positions_labels_segments_and_images():
     assert rows["position_ids"][2].tolist() == [*range(7), 0, 1]  # the tail is a segment of its own
 
 
+def use_attention(vlm, attention):
+    """Segment attention through the switch training uses; eager set directly (the switch keeps it)."""
+    if attention == SEGMENT_ATTENTION:
+        assert vlm.use_packed_attention() == SEGMENT_ATTENTION
+    else:
+        vlm.llm.set_attn_implementation(attention)
+    assert vlm.llm.config._attn_implementation == attention
+
+
 def run(vlm, batch):
     vlm.zero_grad()
     loss = vlm.loss(**batch)
@@ -65,13 +75,13 @@ def run(vlm, batch):
     return loss.detach(), {name: p.grad.clone() for name, p in vlm.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", [SEGMENT_ATTENTION, "eager"])
 @pytest.mark.parametrize("pack_length", [None, 64])
 def test_packed_loss_and_gradients_equal_padded(tiny_vlm, tokenizer, attention, pack_length):
     tiny_vlm.train()
-    tiny_vlm.llm.config._attn_implementation = attention
     items = samples(tiny_vlm.image_token_id, tiny_vlm.image_seq_length)
-    padded_loss, padded_grads = run(tiny_vlm, pad_collate(items, tokenizer.pad_token_id))
+    padded_loss, padded_grads = run(tiny_vlm, pad_collate(items, tokenizer.pad_token_id))  # transformers' sdpa
+    use_attention(tiny_vlm, attention)
     packed = pack_collate(items, tokenizer.pad_token_id, pack_length)
     assert packed["input_ids"].shape[0] == (1 if pack_length is None else 3)
     packed_loss, packed_grads = run(tiny_vlm, packed)
@@ -81,8 +91,10 @@ def test_packed_loss_and_gradients_equal_padded(tiny_vlm, tokenizer, attention, 
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_no_sample_attends_to_another(tiny_vlm, tokenizer):
+@pytest.mark.parametrize("attention", [SEGMENT_ATTENTION, "eager"])
+def test_no_sample_attends_to_another(tiny_vlm, tokenizer, attention):
     tiny_vlm.eval()
+    use_attention(tiny_vlm, attention)
     items = samples(tiny_vlm.image_token_id, tiny_vlm.image_seq_length)
     changed = list(items)
     changed[1] = {**items[1], "input_ids": torch.randint(0, 1000, items[1]["input_ids"].shape)}  # a text-only sample
@@ -100,6 +112,7 @@ def test_no_sample_attends_to_another(tiny_vlm, tokenizer):
 
 def test_gradient_checkpointing_keeps_packed_gradients(tiny_vlm, tokenizer):
     tiny_vlm.train()
+    tiny_vlm.use_packed_attention()
     packed = pack_collate(samples(tiny_vlm.image_token_id, tiny_vlm.image_seq_length), tokenizer.pad_token_id)
     plain_loss, plain_grads = run(tiny_vlm, packed)
     tiny_vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -3,9 +3,9 @@ from PIL import Image
 from transformers import LlavaProcessor
 
 from vltool.constants import IGNORE_INDEX
-from vltool.data.sample import Message
 from vltool.data.tokenization import tokenize_conversation
 from vltool.templates import load_template
+from vltool.templates.message import Message
 
 IMAGE_ID = 151646
 

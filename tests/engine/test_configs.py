@@ -1,9 +1,11 @@
 """Every shipped config loads and builds with tiny parts; config lookup, overrides and copies."""
 
+import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import TINY_VISION, tiny_image_processor, tiny_qwen2_config
+from conftest import TINY_VISION, tiny_image_processor, tiny_qwen2, tiny_qwen2_config
 from transformers import (
+    AutoModelForCausalLM,
     CLIPVisionConfig,
     CLIPVisionModel,
     Qwen2ForCausalLM,
@@ -16,15 +18,24 @@ from vltool.build import resolve_type
 from vltool.constants import IGNORE_INDEX
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
-from vltool.engine.runner import _param_scheduler_cfg, build_parts, optim_wrapper_cfg
+from vltool.engine.runner import _param_scheduler_cfg, optim_wrapper_cfg
 from vltool.errors import ConfigError
+from vltool.model.builder import build_parts
 from vltool.model.tokenizer import load_qwen2_tokenizer
 
 RECIPES = [name for name in list_configs() if not name.startswith("demo")]  # the demos train their encoder
 
 
-def make_tiny(cfg):
-    """Swap hub checkpoints for tiny random parts of the same classes."""
+@pytest.fixture(scope="module")
+def saved_qwen2(tmp_path_factory):
+    """A tiny Qwen2 folder: a quantised LLM must load with from_pretrained."""
+    path = tmp_path_factory.mktemp("qwen2")
+    tiny_qwen2().save_pretrained(path)
+    return str(path)
+
+
+def make_tiny(cfg, saved_llm=None):
+    """Swap hub checkpoints for tiny random parts of the same classes (a saved tiny LLM where one is given)."""
     model_type = resolve_type(cfg.model.vision_encoder.model.type)  # a dumped copy names types as strings
     encoder_class = getattr(model_type, "__self__", model_type)
     if encoder_class is SiglipVisionModel:
@@ -39,6 +50,8 @@ def make_tiny(cfg):
         cfg.model.vision_encoder.image_size = 48  # run above the native size, as the Qwen-VL recipe does
         cfg.image_processor = tiny_image_processor(48)
     cfg.model.llm = dict(type=Qwen2ForCausalLM, config=tiny_qwen2_config())
+    if saved_llm is not None:
+        cfg.model.llm = dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=saved_llm)
     cfg.tokenizer = dict(type=load_qwen2_tokenizer)
     return cfg
 
@@ -53,8 +66,8 @@ def test_recipes_are_shipped():
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_loads_and_builds_tiny(name):
-    cfg = make_tiny(load_config(name))
+def test_recipe_loads_and_builds_tiny(name, saved_qwen2):
+    cfg = make_tiny(load_config(name), saved_qwen2 if "qlora" in name else None)
     assert cfg.train_dataloader.dataset.type is VisionLanguageDataset
     parts = build_parts(cfg)
     model = parts.model
@@ -62,6 +75,7 @@ def test_recipe_loads_and_builds_tiny(name):
     assert "projector" in trainable and "vision_encoder" not in trainable
     if "lora" in name:
         assert any("lora_" in n for n, p in model.llm.named_parameters() if p.requires_grad)
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.llm.modules()) == ("qlora" in name)
         assert not model.llm.get_input_embeddings().weight.requires_grad
     assert ("llm" in trainable) == (not name.endswith("pretrain") and "linear" not in name)
     n_tokens = model.image_seq_length
@@ -98,7 +112,7 @@ def test_cfg_options_parse_and_typos_fail():
     )
     assert cfg.train_cfg.max_iters == 7 and cfg.optim_wrapper.optimizer.lr == 0.5
     assert cfg.train_dataloader.dataset.data_path == "x.json"
-    with pytest.raises(ConfigError, match="'trian_cfg' is not a key.*Did you mean 'train_cfg'"):
+    with pytest.raises(ConfigError, match="nothing reads 'trian_cfg'.*Did you mean 'train_cfg.max_iters'"):
         load_config("demo", ["trian_cfg.max_iters=7"])
 
 

@@ -8,6 +8,7 @@ load weights, the commands would fail.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,9 @@ from transformers import (
 )
 
 from vltool.engine.config import copy_config, load_config
-from vltool.engine.data_parts import build_data_parts
-from vltool.engine.runner import build_parts
+from vltool.engine.data_parts import build_data_parts, prepare_data
 from vltool.errors import ConfigError
+from vltool.model.builder import build_parts
 from vltool.model.tokenizer import load_qwen2_tokenizer
 
 HEAVY = ["deepspeed", "bitsandbytes", "peft"]
@@ -45,6 +46,25 @@ def test_demos_match_the_built_model(name):
     # the tokenizer (and so the dataset cache key) is the one training builds
     assert data.tokenizer.get_vocab() == parts.tokenizer.get_vocab()
     assert data.template == parts.template
+
+
+def test_data_preparation_runs_only_for_data_the_run_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    demo_root = tmp_path / "data" / "vltool_demo"
+    small = ["data_preparation.num_train=4", "data_preparation.num_eval=4"]
+    other = ["train_dataloader.dataset.data_path=mine/d.json", "train_dataloader.dataset.image_folder=mine"]
+    cfg = load_config("demo", [*small, *other])
+    prepare_data(cfg, with_hooks=False)  # check-dataset, prepare-dataset: only the training set is read
+    assert not demo_root.exists()
+    prepare_data(cfg)  # training: the demo's held-out questions and sample images are still read
+    assert (demo_root / "dev.tsv").is_file()
+    shutil.rmtree(demo_root)
+    prepare_data(load_config("demo", small), with_hooks=False)  # the demo's own dataset
+    assert (demo_root / "train.json").is_file()
+    absolute = [f"train_dataloader.dataset.data_path={demo_root / 'train.json'}"]
+    shutil.rmtree(demo_root)
+    prepare_data(load_config("demo", [*small, *absolute]), with_hooks=False)  # the same folder, written absolute
+    assert (demo_root / "train.json").is_file()
 
 
 def tiny_recipe(name: str):

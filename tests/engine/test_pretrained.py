@@ -8,8 +8,8 @@ import torch
 from tests.engine.train_runs import train_options, vltool_command, write_colour_dataset
 from vltool.engine.checkpoint import load_pretrained
 from vltool.engine.config import load_config
-from vltool.engine.runner import build_parts
 from vltool.errors import ConfigError
+from vltool.model.builder import build_parts
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL and resumed logs exactly the losses of the uninterrupted run."""
+"""A run killed with SIGKILL and resumed (weights-only) logs exactly the losses of the uninterrupted run."""
 
 import os
 import signal
@@ -11,9 +11,10 @@ import torch
 from peft import PeftModel
 
 from tests.engine.train_runs import logged_losses, run_train, train_options, vltool_command, write_colour_dataset
+from vltool.engine import safe_load
 from vltool.engine.checkpoint import read_weights
 from vltool.engine.config import load_config
-from vltool.engine.runner import build_parts
+from vltool.model.builder import build_parts
 
 pytestmark = pytest.mark.slow
 ITERS = 8
@@ -57,6 +58,10 @@ def test_killed_and_resumed_run_logs_the_same_losses(setup, tmp_path, deepspeed)
     run_train([*args, "--work-dir", str(tmp_path / "full")])
     expected = logged_losses(tmp_path / "full")
     assert sorted(expected) == list(range(1, ITERS + 1))
+    # every file the run wrote loads weights-only, DeepSpeed's shards included: what --resume reads
+    written = tmp_path / "full" / f"iter_{ITERS}.pth"
+    for path in sorted(written.glob("*.pt")) if written.is_dir() else [written]:
+        assert safe_load.load_file(path, allowed=safe_load.deepspeed_globals())
 
     work_dir = tmp_path / "killed"
     kill_after_checkpoint(vltool_command("train", *args, "--work-dir", str(work_dir)), work_dir, step=4)

@@ -12,12 +12,12 @@ from tests.convert.trained_runs import demo_config, write_data
 from tests.engine.train_runs import logged_losses
 from vltool.data.demo_task import FREE_QUESTIONS, write_demo_dataset
 from vltool.data.images import load_image
-from vltool.data.sample import Message
 from vltool.engine.config import load_config
 from vltool.engine.hooks import SampleAnswersHook, unwrap
 from vltool.engine.runner import build_runner
 from vltool.errors import ConfigError, DatasetError
 from vltool.infer.pipeline import GenerationOptions
+from vltool.templates.message import Message
 
 ITERS, EVERY, MAX_NEW_TOKENS = 3, 2, 4
 PROMPTS = ["What colour is it?", "Say a colour."]
@@ -151,6 +151,7 @@ def test_demo_asks_taught_questions_about_pictures_it_writes(tmp_path):
     assert set(hook["prompts"]) <= set(FREE_QUESTIONS.values())
     assert 3 <= cfg.train_cfg.max_iters // hook["every_n_iters"] <= 4
     # the first pictures are drawn the same whatever the dataset size, so two samples suffice
-    write_demo_dataset(str(tmp_path), num_train=2, num_eval=1, image_size=cfg.image_size)
+    preparation = cfg.data_preparation
+    write_demo_dataset(str(tmp_path), num_train=2, num_eval=1, image_size=preparation.image_size)
     for image in hook["images"]:
-        load_image(tmp_path / Path(image).relative_to(cfg.data_root))
+        load_image(tmp_path / Path(image).relative_to(preparation.data_root))

@@ -11,11 +11,11 @@ from rich.console import Console
 
 from tests.conftest import ASSETS
 from tests.engine.train_runs import vltool_command
-from vltool.data.sample import Message
 from vltool.eval.circular import OFFSET
 from vltool.eval.mmbench import load_questions, mmbench_requests
 from vltool.infer.load import load_pipeline
 from vltool.infer.pipeline import GenerationOptions
+from vltool.templates.message import Message
 
 CCBENCH = ASSETS / "benchmarks" / "ccbench_samples.tsv"
 

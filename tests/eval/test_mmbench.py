@@ -10,7 +10,7 @@ from tests.eval.mmbench_files import ColourPipeline, colour_questions, write_tsv
 from vltool.errors import ConfigError, DatasetError
 from vltool.eval.circular import OFFSET, add_passes
 from vltool.eval.mmbench import SUBMISSION_URL, heldout_accuracy, read_mmbench_tsv, rescore_mmbench, run_mmbench
-from vltool.eval.multiple_choice import build_prompt
+from vltool.templates.multiple_choice import build_prompt
 
 MODEL = {"model": "scripted"}
 
@@ -151,9 +151,26 @@ def test_saved_predictions_rescore_without_a_model(dev_tsv, tmp_path):
 
 
 def test_heldout_accuracy_for_the_training_hook(dev_tsv):
-    result = heldout_accuracy(ColourPipeline(style="{letter}"), dev_tsv, batch_size=3)
-    assert result.accuracy == 1.0 and result.per_category() == {"colour": 1.0, "hue": 1.0}
+    pipeline = ColourPipeline(style="{letter}")
+    result = heldout_accuracy(pipeline, dev_tsv, batch_size=3)
+    assert len(pipeline.prompts) == 12  # CircularEval by default: every pass, built here as vltool mmbench does
+    assert result.scored.circular and result.accuracy == result.vanilla_accuracy == 1.0
+    assert result.per_category() == result.per_category(vanilla=True) == {"colour": 1.0, "hue": 1.0}
     assert result.chance == pytest.approx((1 / 4 + 1 / 3 + 1 / 4 + 1 / 2) / 4)
+    # guessing right on every pass: 4 options x 4 passes, 3 x 3, 4 x 3 ("None of the above" stays), 2 x 2
+    assert result.circular_chance == pytest.approx((4**-4 + 3**-3 + 4**-3 + 2**-2) / 4)
     summary = result.to_dict()
-    assert summary["questions"] == 4 and summary["unresolved"] == 0
+    assert summary["questions"] == 4 and summary["passes"] == 12 and summary["unresolved"] == 0
+    assert summary["mode"] == "circular" and summary["accuracy"] == summary["vanilla_accuracy"] == 1.0
     assert json.dumps(summary)  # written as JSON by the hook
+
+
+def test_heldout_accuracy_circular_next_to_vanilla(dev_tsv):
+    # never saying "D": right on every pass 0, wrong on question 0's pass 3
+    result = heldout_accuracy(ColourPipeline(avoid="D"), dev_tsv, batch_size=5)
+    assert result.accuracy == 0.75 and result.vanilla_accuracy == 1.0
+    assert result.per_category() == {"colour": 0.5, "hue": 1.0}
+    assert result.per_category(vanilla=True) == {"colour": 1.0, "hue": 1.0}
+    vanilla = heldout_accuracy(ColourPipeline(avoid="D"), dev_tsv, circular=False)
+    assert not vanilla.scored.circular and vanilla.passes == 4
+    assert vanilla.accuracy == vanilla.vanilla_accuracy == 1.0 and vanilla.circular_chance == vanilla.chance

@@ -19,7 +19,6 @@ from tests.convert.trained_runs import assert_same_logits, inputs
 from tests.engine.train_runs import vltool_command
 from vltool.convert.huggingface import save_huggingface
 from vltool.convert.vltool_format import projector_spec, save_projector, save_vltool
-from vltool.data.sample import Message
 from vltool.errors import ConfigError
 from vltool.infer.load import load_parts_pipeline, load_pipeline
 from vltool.infer.pipeline import GenerationOptions, Pipeline
@@ -28,6 +27,7 @@ from vltool.model.tokenizer import load_qwen2_tokenizer
 from vltool.model.vision_encoder import VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import load_template
+from vltool.templates.message import Message
 
 PROJECTOR_KWARGS = {"in_features": 32, "out_features": 64, "depth": 2}
 

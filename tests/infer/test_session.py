@@ -10,11 +10,11 @@ from PIL import Image
 from tests.conftest import tiny_image_processor
 from vltool.data.formats import load_samples
 from vltool.data.images import ImageTransform
-from vltool.data.sample import Message
 from vltool.infer.load import load_pipeline
 from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.infer.session import AnswerStreamer, ChatImage, ChatSession
 from vltool.templates import load_template
+from vltool.templates.message import Message
 
 GREEDY = GenerationOptions(max_new_tokens=16)
 

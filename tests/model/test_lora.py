@@ -4,7 +4,6 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from conftest import IMAGE_SIZE, TINY_VISION, tiny_clip, tiny_qwen2, tiny_qwen2_config
-from mmengine.config import Config
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
@@ -12,12 +11,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, CLIPVisionConfig, CLIPVisionModel, Qwen2ForCausalLM
 
 from vltool.constants import IGNORE_INDEX
+from vltool.errors import ConfigError
 from vltool.model.builder import build_model
 from vltool.model.lora import float32_compute_without_cuda, save_adapters
 from vltool.model.projectors import MLPProjector
+from vltool.model.quantization import PRESETS, quantized_llm_cfg
 from vltool.model.vision_encoder import VisionEncoder
 
-LLM_PIECES = "vltool/configs/_base_/llms"
 IMAGE_ID = 151646
 SEED = 0
 
@@ -164,18 +164,17 @@ def saved_qwen2(tmp_path_factory):
     return path
 
 
-def quantized_llm_cfg(path, piece: str) -> tuple[dict, dict]:
-    """The llm dict as the QLoRA recipes compose it from a shipped piece, and the piece's LoRA dict."""
-    quantization = Config.fromfile(f"{LLM_PIECES}/{piece}.py")
+def quantized_model_cfg(path, quantization) -> dict:
+    """A tiny model config whose LLM loads from ``path`` with ``model.llm_quantization=quantization`` and LoRA r=8."""
     llm = dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=str(path))
-    return dict(**llm, **quantization.llm_quantization), dict(quantization.llm_lora, r=8, lora_alpha=16)
+    lora = dict(type=LoraConfig, r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    return model_cfg(llm, llm_lora=lora, llm_quantization=quantization, freeze_llm=True)
 
 
 def test_qlora_4bit_trains_and_its_adapter_loads_on_a_4bit_base(tokenizer, saved_qwen2, tmp_path, monkeypatch):
-    llm, lora = quantized_llm_cfg(saved_qwen2, "qlora_4bit")
     logged = []
     monkeypatch.setattr("vltool.model.lora.print_log", lambda message, logger: logged.append(message))
-    vlm = seeded_build(model_cfg(llm, llm_lora=lora), tokenizer)
+    vlm = seeded_build(quantized_model_cfg(saved_qwen2, "nf4"), tokenizer)
     assert len(logged) == 1 and "float32" in logged[0]  # the CPU fallback says so, once
     decoder = vlm.llm.base_model.model.model
     quantized = [m.base_layer for m in decoder.modules() if isinstance(m, LoraLayer)]
@@ -201,8 +200,7 @@ def test_qlora_4bit_trains_and_its_adapter_loads_on_a_4bit_base(tokenizer, saved
 
 
 def test_8bit_llm_builds_and_runs(tokenizer, saved_qwen2):
-    llm, lora = quantized_llm_cfg(saved_qwen2, "qlora_8bit")
-    vlm = seeded_build(model_cfg(llm, llm_lora=lora), tokenizer).eval()
+    vlm = seeded_build(quantized_model_cfg(saved_qwen2, "int8"), tokenizer).eval()
     quantized = [m.base_layer for m in vlm.llm.modules() if isinstance(m, LoraLayer)]
     assert len(quantized) == 2 * 7 and all(type(layer) is bnb.nn.Linear8bitLt for layer in quantized)
     assert quantized[0].weight.dtype == torch.int8
@@ -212,8 +210,35 @@ def test_8bit_llm_builds_and_runs(tokenizer, saved_qwen2):
     assert out.shape == (2, 29, 151936) and torch.isfinite(out).all()
 
 
+def test_a_settings_dict_quantizes_like_its_preset(tokenizer, saved_qwen2):
+    settings = dict(type=BitsAndBytesConfig, load_in_4bit=True, bnb_4bit_quant_type="fp4")
+    vlm = seeded_build(quantized_model_cfg(saved_qwen2, settings), tokenizer)
+    layers = [m.base_layer for m in vlm.llm.modules() if isinstance(m, LoraLayer)]
+    assert all(type(layer) is bnb.nn.Linear4bit and layer.weight.quant_state.quant_type == "fp4" for layer in layers)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (dict(llm_quantization="nf5"), "'nf5' is not one of nf4, int8"),
+        (dict(llm_quantization=dict(bnb_4bit_quant_type="nf4")), "neither load_in_4bit nor load_in_8bit"),
+        (dict(llm_quantization="nf4", llm_lora=None, freeze_llm=False), "cannot train its own weights"),
+    ],
+)
+def test_bad_quantization_settings_are_one_line_errors(tokenizer, saved_qwen2, keys, message):
+    cfg = {**quantized_model_cfg(saved_qwen2, "nf4"), **keys}
+    with pytest.raises(ConfigError, match=message):
+        build_model(cfg, tokenizer)
+
+
+def test_quantization_written_into_the_llm_dict_is_refused(tokenizer):
+    llm = dict(qwen2_cfg(), quantization_config=dict(type=BitsAndBytesConfig, load_in_4bit=True))
+    with pytest.raises(ConfigError, match="set model.llm_quantization instead"):
+        build_model(model_cfg(llm), tokenizer)
+
+
 def test_float32_compute_only_without_cuda(monkeypatch):
-    llm, _ = quantized_llm_cfg("unused", "qlora_4bit")
+    llm = quantized_llm_cfg(dict(type=AutoModelForCausalLM.from_pretrained), PRESETS["nf4"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert float32_compute_without_cuda(llm) == llm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

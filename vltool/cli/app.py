@@ -6,7 +6,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dataset, train
+from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dataset, quiet, train
 from vltool.cli import eval as eval_cli
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
@@ -23,8 +23,13 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks for errors, and what the libraries print about themselves."
+    ),
+) -> None:
     _state["debug"] = debug
+    quiet.configure(debug)  # before a command imports transformers, bitsandbytes, DeepSpeed or mmengine's runner
 
 
 app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(train.train)

@@ -20,8 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vltool.cli import model_options
-from vltool.cli.model_options import ModelChoice
+from vltool.cli.model_options import ModelChoice, ModelOptions, with_model_options
 from vltool.errors import ConfigError, VltoolError
 
 if TYPE_CHECKING:  # the model stack loads only when a command runs, so `vltool --help` stays fast
@@ -37,6 +36,7 @@ HELP = """\
 [bold]/exit[/]                quit (or Ctrl-D); Ctrl-C stops an answer"""
 
 
+@with_model_options(precision_before="draw_boxes")
 def chat(
     model: str = typer.Argument(
         ..., help="A model directory from `vltool convert pth_to_hf`, or an LLM path used with --llava."
@@ -44,19 +44,13 @@ def chat(
     image: list[str] = typer.Option([], "--image", help="Image path or http(s) URL for the first message; repeat."),
     prompt: str | None = typer.Option(None, "--prompt", help="Answer this once, print only the answer, exit."),
     system: str | None = typer.Option(None, "--system", help="System prompt (default: the template's)."),
-    prompt_template: str | None = model_options.PROMPT_TEMPLATE,
-    visual_encoder: str | None = model_options.VISUAL_ENCODER,
-    llava: str | None = model_options.LLAVA,
-    visual_select_layer: int = model_options.VISUAL_SELECT_LAYER,
+    model_options: ModelOptions = ModelOptions(),  # from --prompt-template; --bits, --torch-dtype, --device go later
     temperature: float = typer.Option(0.0, "--temperature", help="0 decodes greedily; above 0 samples."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass when sampling."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = all)."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Above 1 discourages repeats."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer in tokens."),
     seed: int | None = typer.Option(None, "--seed", help="Seed sampling for repeatable answers."),
-    bits: int | None = model_options.BITS,
-    torch_dtype: str = model_options.TORCH_DTYPE,
-    device: str | None = model_options.DEVICE,
     draw_boxes: Path | None = typer.Option(
         None, "--draw-boxes", help="Save the latest image with the answer's <box> regions drawn to this file."
     ),
@@ -73,7 +67,7 @@ def chat(
             raise ConfigError("standard input is empty: pipe a prompt in, or pass --prompt TEXT.")
     if draw_boxes is not None:
         _check_boxes_file(draw_boxes)
-    choice = ModelChoice(model, visual_encoder, llava, visual_select_layer, prompt_template, bits, torch_dtype, device)
+    choice = ModelChoice(model, model_options)
     choice.check()
     images = [_open(source) for source in image]  # bad images fail before the model loads
     status = Console(stderr=True)

@@ -30,7 +30,7 @@ def check_dataset(
 
     cfg = load_config(config, collect_cfg_options(cfg_options, ctx))
     dataset_cfg = train_dataset_cfg(cfg)
-    prepare_data(cfg)
+    prepare_data(cfg, with_hooks=False)  # the hooks only run in training
     parts = build_data_parts(cfg)
     max_length = dataset_cfg.get("max_length", 2048)
     result = run_check(

@@ -11,9 +11,9 @@ def list_cfg(
 ) -> None:
     """List the shipped configs."""
     names = list_configs(pattern)
-    console = Console()
+    console = plain_console()
     for name in names:
-        console.print(name, highlight=False)
+        console.print(name)
     if not names:
         console.print(f"no config matches '{pattern}'", style="yellow")
         raise typer.Exit(1)
@@ -25,4 +25,13 @@ def copy_cfg(
 ) -> None:
     """Copy a shipped config to edit it."""
     target = copy_config(name, dest_dir)
-    Console().print(f"copied {name} to {target}", highlight=False)
+    plain_console().print(f"copied {name} to {target}")
+
+
+def plain_console() -> Console:
+    """A console that prints text as given, each message on one line.
+
+    A path may hold ``[...]``, which rich would read as markup and drop; and rich wraps at the
+    terminal's width (80 columns when piped), which left "copied NAME to " alone on its line.
+    """
+    return Console(markup=False, highlight=False, soft_wrap=True)

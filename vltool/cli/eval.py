@@ -5,11 +5,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from vltool.cli import model_options
-from vltool.cli.model_options import benchmark_model, refuse_model_with_predictions
+from vltool.cli.model_options import ModelOptions, benchmark_model, refuse_model_with_predictions, with_model_options
 from vltool.cli.processes import start_processes
 
 
+@with_model_options
 def eval_command(
     model: str | None = typer.Argument(
         None, help="A model directory from `vltool convert pth_to_hf`, or an LLM path used with --llava."
@@ -29,13 +29,7 @@ def eval_command(
     max_new_tokens: int | None = typer.Option(
         None, "--max-new-tokens", help="Longest answer in tokens (default: the benchmark's)."
     ),
-    prompt_template: str | None = model_options.PROMPT_TEMPLATE,
-    visual_encoder: str | None = model_options.VISUAL_ENCODER,
-    llava: str | None = model_options.LLAVA,
-    visual_select_layer: int = model_options.VISUAL_SELECT_LAYER,
-    bits: int | None = model_options.BITS,
-    torch_dtype: str = model_options.TORCH_DTYPE,
-    device: str | None = model_options.DEVICE,
+    model_options: ModelOptions = ModelOptions(),  # --prompt-template, --visual-encoder, ..., --device
 ) -> None:
     """Answer a benchmark greedily and score it with its official rules.
 
@@ -51,17 +45,7 @@ def eval_command(
         refuse_model_with_predictions(model)
         rescore_eval(chosen, predictions, data_path, image_folder, work_dir, console)
         return
-    choice = benchmark_model(
-        model,
-        batch_size,
-        visual_encoder=visual_encoder,
-        llava=llava,
-        visual_select_layer=visual_select_layer,
-        prompt_template=prompt_template,
-        bits=bits,
-        torch_dtype=torch_dtype,
-        device=device,
-    )
+    choice = benchmark_model(model, batch_size, model_options)
     rank = start_processes()
     run_eval(
         choice.load,

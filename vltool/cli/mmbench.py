@@ -5,11 +5,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from vltool.cli import model_options
-from vltool.cli.model_options import benchmark_model, refuse_model_with_predictions
+from vltool.cli.model_options import ModelOptions, benchmark_model, refuse_model_with_predictions, with_model_options
 from vltool.cli.processes import start_processes
 
 
+@with_model_options
 def mmbench(
     model: str | None = typer.Argument(
         None, help="A model directory from `vltool convert pth_to_hf`, or an LLM path used with --llava."
@@ -26,13 +26,7 @@ def mmbench(
     no_circular: bool = typer.Option(
         False, "--no-circular", help="Vanilla accuracy on pass 0 only, instead of CircularEval."
     ),
-    prompt_template: str | None = model_options.PROMPT_TEMPLATE,
-    visual_encoder: str | None = model_options.VISUAL_ENCODER,
-    llava: str | None = model_options.LLAVA,
-    visual_select_layer: int = model_options.VISUAL_SELECT_LAYER,
-    bits: int | None = model_options.BITS,
-    torch_dtype: str = model_options.TORCH_DTYPE,
-    device: str | None = model_options.DEVICE,
+    model_options: ModelOptions = ModelOptions(),  # --prompt-template, --visual-encoder, ..., --device
 ) -> None:
     """Answer an MMBench TSV greedily and score it with VLMEvalKit's rules (CircularEval by default).
 
@@ -47,17 +41,7 @@ def mmbench(
         refuse_model_with_predictions(model)
         rescore_mmbench(predictions, data_path, work_dir, not no_circular, console)
         return
-    choice = benchmark_model(
-        model,
-        batch_size,
-        visual_encoder=visual_encoder,
-        llava=llava,
-        visual_select_layer=visual_select_layer,
-        prompt_template=prompt_template,
-        bits=bits,
-        torch_dtype=torch_dtype,
-        device=device,
-    )
+    choice = benchmark_model(model, batch_size, model_options)
     rank = start_processes()
     run_mmbench(
         choice.load,

@@ -1,13 +1,19 @@
 """Loading the model a command talks to: a converted model directory, or XTuner-style parts.
 
-``chat``, ``mmbench`` and ``eval`` take the same model arguments and load through here.
+``chat``, ``mmbench`` and ``eval`` take the same seven model-loading options, declared once in
+:class:`ModelOptions`; :func:`with_model_options` gives a command all seven and hands it the
+:class:`ModelOptions` they make. Every command loads through :meth:`ModelChoice.load`.
 """
 
+import dataclasses
+import functools
+import inspect
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,63 +24,128 @@ if TYPE_CHECKING:  # the model stack loads only when a command runs, so `vltool 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
-PROMPT_TEMPLATE = typer.Option(None, "--prompt-template", help="Template name (default: the one saved with the model).")
-VISUAL_ENCODER = typer.Option(
-    None, "--visual-encoder", help="XTuner-style parts: the vision encoder path (MODEL is then the LLM)."
-)
-LLAVA = typer.Option(
-    None, "--llava", help="XTuner-style parts: folder with projector/ and any llm_adapter/, visual_encoder*/."
-)
-VISUAL_SELECT_LAYER = typer.Option(-2, "--visual-select-layer", help="With --llava: the encoder layer.")
-BITS = typer.Option(None, "--bits", help="Load the LLM quantised to 4 or 8 bits (bitsandbytes).")
-TORCH_DTYPE = typer.Option("auto", "--torch-dtype", help="auto, bfloat16, float16 or float32.")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+
+def _option(default: Any, help_text: str) -> Any:
+    """A :class:`ModelOptions` field: its default and its ``--help`` line."""
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    """The model arguments of a command.
+class ModelOptions:
+    """How to load the model: the options ``chat``, ``mmbench`` and ``eval`` share.
+
+    Each field is the option ``--field-name`` (underscores as dashes); its metadata holds the help.
 
     Attributes:
-        model: a converted model directory, or the LLM when ``llava`` is given.
+        prompt_template: the template name; None keeps the model's own.
         visual_encoder: XTuner-style parts: the vision encoder (default: the one in ``llava``).
         llava: XTuner-style parts: the folder with ``projector/`` and any adapters.
         visual_select_layer: with ``llava``: the encoder layer whose features are used.
-        prompt_template: the template name; None keeps the model's own.
         bits: 4 or 8 to quantise the LLM; None keeps its weights.
         torch_dtype: one of :data:`DTYPES`.
         device: where to run; None picks cuda when there is one (under torchrun: this process's GPU).
     """
 
+    prompt_template: str | None = _option(None, "Template name (default: the one saved with the model).")
+    visual_encoder: str | None = _option(None, "XTuner-style parts: the vision encoder path (MODEL is then the LLM).")
+    llava: str | None = _option(
+        None, "XTuner-style parts: folder with projector/ and any llm_adapter/, visual_encoder*/."
+    )
+    visual_select_layer: int = _option(-2, "With --llava: the encoder layer.")
+    bits: int | None = _option(None, "Load the LLM quantised to 4 or 8 bits (bitsandbytes).")
+    torch_dtype: str = _option("auto", "auto, bfloat16, float16 or float32.")
+    device: str | None = _option(None, "cpu, cuda, cuda:1 ... (default: cuda if present).")
+
+
+PRECISION_OPTIONS = ("bits", "torch_dtype", "device")
+"""The options that say how the weights load, as opposed to which parts and template."""
+
+
+def with_model_options(command: Callable[..., None] | None = None, *, precision_before: str | None = None) -> Any:
+    """Give a typer command the :class:`ModelOptions` options, in place of its ``model_options`` parameter.
+
+    The command declares ``model_options: ModelOptions`` where the options go in its ``--help``
+    and receives them as one :class:`ModelOptions`. With ``precision_before``, the
+    :data:`PRECISION_OPTIONS` go before that parameter instead (``chat`` lists them after its
+    sampling options).
+    """
+    if command is None:
+        return functools.partial(with_model_options, precision_before=precision_before)
+    signature = inspect.signature(command)
+    options = {
+        option.name: inspect.Parameter(
+            option.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(option.default, f"--{option.name.replace('_', '-')}", help=option.metadata["help"]),
+            annotation=option.type,
+        )
+        for option in dataclasses.fields(ModelOptions)
+    }
+    later = [options.pop(name) for name in PRECISION_OPTIONS] if precision_before else []
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name == precision_before:
+            parameters += later
+        if parameter.name == "model_options":
+            parameters += options.values()
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    if len(parameters) != len(signature.parameters) - 1 + len(dataclasses.fields(ModelOptions)):
+        raise TypeError(f"{command.__name__} needs a model_options parameter (and {precision_before}, if given)")
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        chosen = {name: values.pop(name) for name in [f.name for f in dataclasses.fields(ModelOptions)]}
+        return command(**values, model_options=ModelOptions(**chosen))
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+    return wrapper
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model of a command and how to load it.
+
+    Attributes:
+        model: a converted model directory, or the LLM when ``options.llava`` is given.
+        options: the model-loading options.
+    """
+
     model: str
-    visual_encoder: str | None = None
-    llava: str | None = None
-    visual_select_layer: int = -2
-    prompt_template: str | None = None
-    bits: int | None = None
-    torch_dtype: str = "auto"
-    device: str | None = None
+    options: ModelOptions = ModelOptions()
 
     @property
     def name(self) -> str:
         """A short name for result files: the model folder's (or with parts, the llava folder's) name."""
-        return Path(self.llava or self.model).resolve().name or "model"
+        return Path(self.options.llava or self.model).resolve().name or "model"
 
     def identity(self) -> dict[str, str | int | None]:
         """What the answers depend on: paths resolved, plus template and quantisation (for prediction caches)."""
+        options = self.options
         resolved = {
             name: str(Path(value).resolve()) if value and Path(value).exists() else value
-            for name, value in (("model", self.model), ("llava", self.llava), ("visual_encoder", self.visual_encoder))
+            for name, value in (
+                ("model", self.model),
+                ("llava", options.llava),
+                ("visual_encoder", options.visual_encoder),
+            )
         }
-        return {**resolved, "template": self.prompt_template, "bits": self.bits, "torch_dtype": self.torch_dtype}
+        return {
+            **resolved,
+            "template": options.prompt_template,
+            "bits": options.bits,
+            "torch_dtype": options.torch_dtype,
+        }
 
     def check(self) -> None:
         """Refuse impossible combinations before anything loads."""
-        if self.torch_dtype not in DTYPES:
-            raise ConfigError(f"unknown --torch-dtype {self.torch_dtype}; use one of {', '.join(DTYPES)}.")
-        if self.llava is None and self.visual_encoder is not None:
+        options = self.options
+        if options.torch_dtype not in DTYPES:
+            raise ConfigError(f"unknown --torch-dtype {options.torch_dtype}; use one of {', '.join(DTYPES)}.")
+        if options.llava is None and options.visual_encoder is not None:
             raise ConfigError("--visual-encoder needs --llava DIR (the folder with projector/) as in XTuner.")
-        resolve_device(self.device)
+        resolve_device(options.device)
 
     def load(self) -> "Pipeline":
         """Load the model for inference.
@@ -91,19 +162,20 @@ class ModelChoice:
         from vltool.infer.load import load_parts_pipeline, load_pipeline
 
         transformers_logging.disable_progress_bar()
-        device = resolve_device(self.device)
-        if self.llava is not None:
+        options = self.options
+        device = resolve_device(options.device)
+        if options.llava is not None:
             return load_parts_pipeline(
                 self.model,
-                self.llava,
-                self.visual_encoder,
-                self.torch_dtype,
+                options.llava,
+                options.visual_encoder,
+                options.torch_dtype,
                 device,
-                self.prompt_template,
-                self.bits,
-                feature_layer=self.visual_select_layer,
+                options.prompt_template,
+                options.bits,
+                feature_layer=options.visual_select_layer,
             )
-        return load_pipeline(self.model, self.torch_dtype, device, self.prompt_template, bits=self.bits)
+        return load_pipeline(self.model, options.torch_dtype, device, options.prompt_template, bits=options.bits)
 
 
 def resolve_device(name: str | None) -> str:
@@ -127,13 +199,13 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
-def benchmark_model(model: str | None, batch_size: int, **options: str | int | None) -> ModelChoice:
+def benchmark_model(model: str | None, batch_size: int, options: ModelOptions) -> ModelChoice:
     """The checked model of an ``mmbench`` or ``eval`` run, before any process starts or anything loads.
 
     Args:
         model: the MODEL argument (None when the user gave none).
         batch_size: ``--batch-size``.
-        **options: the other :class:`ModelChoice` fields.
+        options: the model-loading options.
 
     Raises:
         ConfigError: no model, a batch size below 1, or bad model options.
@@ -142,7 +214,7 @@ def benchmark_model(model: str | None, batch_size: int, **options: str | int | N
         raise ConfigError("missing MODEL: give a model directory, or --predictions FILE to score saved predictions.")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
-    choice = ModelChoice(model, **options)  # type: ignore[arg-type]
+    choice = ModelChoice(model, options)
     choice.check()
     return choice
 

@@ -30,7 +30,7 @@ def prepare_dataset(
     # imported only now: torch, transformers and the model code take seconds, and a bad config fails first
     from vltool.engine.data_parts import build_data_parts, build_train_dataset, prepare_data
 
-    prepare_data(cfg)
+    prepare_data(cfg, with_hooks=False)  # the hooks only run in training
     # the same function and tokenizer as training, so the cache key is the one `vltool train` computes;
     # no weights load: the visual-token count comes from the encoder's and projector's configs
     dataset = build_train_dataset(cfg, build_data_parts(cfg))

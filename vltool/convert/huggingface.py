@@ -18,10 +18,10 @@ from vltool.convert.hf_processor import llava_processor
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import stop_token_ids
 from vltool.model.projectors import MLPProjector
+from vltool.model.saved_format import TEMPLATE_FILE
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template
 
-TEMPLATE_FILE = "vltool_template.json"
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
 VLTOOL_FORMAT_HINT = "use --save-format vltool, which stores every projector kind"
 

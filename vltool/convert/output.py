@@ -1,7 +1,6 @@
 """Where conversions write: a staging folder renamed into place, so a failure never leaves half a model."""
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 from transformers.utils.hub import convert_file_size_to_int
 
 from vltool.errors import ConfigError
+from vltool.io import staged_directory
 
 
 def check_shard_size(max_shard_size: str) -> str:
@@ -48,15 +48,5 @@ def staged_save_dir(save_dir: str | Path, overwrite: bool) -> Iterator[Path]:
     so an interrupted or failed conversion never destroys the previous export.
     """
     save_dir = check_save_dir(save_dir, overwrite)
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = save_dir.with_name(f".{save_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_directory(save_dir, f"partial-{os.getpid()}") as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if save_dir.exists():
-        shutil.rmtree(save_dir)
-    staging.rename(save_dir)

@@ -14,6 +14,7 @@ from vltool.convert.trained import load_trained_parts, merge_adapters, without_q
 from vltool.convert.vltool_format import save_vltool
 from vltool.engine.config import load_config
 from vltool.errors import ConfigError
+from vltool.model.quantization import quantization_settings
 from vltool.model.vlm import VisionLanguageModel
 
 SAVE_FORMATS = ("vltool", "huggingface")
@@ -54,7 +55,7 @@ def convert_checkpoint(
     check_shard_size(max_shard_size)
     check_save_dir(save_dir, overwrite)
     cfg = load_config(config, cfg_options)
-    quantized = bool(cfg.model.llm.get("quantization_config"))
+    quantized = quantization_settings(cfg.model) is not None
     if save_format == "huggingface":
         projector_cfg = cfg.model.projector
         check_projector(resolve_type(projector_cfg.type), projector_cfg.get("depth", 2))
@@ -104,8 +105,7 @@ def _adapter_bases(cfg: Config, vlm: VisionLanguageModel) -> dict[str, dict[str,
     if isinstance(vlm.llm, PeftModel):
         quantization = {
             key: str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
-            for key, value in cfg.model.llm.quantization_config.items()
-            if key != "type"
+            for key, value in (quantization_settings(cfg.model) or {}).items()
         }
         bases["llm"] = {"base": _base_name(cfg.model.llm, "llm"), "quantization": quantization}
     encoder = vlm.vision_encoder.model

@@ -14,8 +14,9 @@ from vltool.engine.checkpoint import (
     name_list,
     read_weights,
 )
-from vltool.engine.runner import Parts, build_seeded_parts
+from vltool.engine.stages import pretrained_checkpoint
 from vltool.errors import ConfigError
+from vltool.model.builder import Parts, build_seeded_parts
 from vltool.model.lora import ADAPTER_DIRS
 from vltool.model.vlm import VisionLanguageModel
 
@@ -41,7 +42,7 @@ def read_checkpoint(path: str | Path) -> dict[str, object]:
 def without_quantization(cfg: Config) -> Config:
     """A copy of ``cfg`` whose LLM loads unquantised: QLoRA adapters merge into the full-precision base."""
     cfg = copy.deepcopy(cfg)
-    cfg.model.llm.pop("quantization_config", None)
+    cfg.model.pop("llm_quantization", None)
     return cfg
 
 
@@ -60,7 +61,7 @@ def load_trained_parts(cfg: Config, checkpoint: str | Path) -> Parts:
             the config's ``pretrained_pth`` is missing.
     """
     weights = read_checkpoint(checkpoint)
-    pretrained = cfg.get("pretrained_pth")
+    pretrained = pretrained_checkpoint(cfg)
     if pretrained:
         check_pretrained_exists(pretrained)
     parts = build_seeded_parts(cfg)

@@ -1,13 +1,6 @@
 """The ``vltool`` format: every projector kind, full parts or adapters on named bases, and a JSON manifest.
 
-Layout of a saved model directory::
-
-    vltool_model.json      the manifest: parts, template, image token, feature layer, aspect
-    llm/                   a Hugging Face causal LM            (or llm_adapter/ + a named base)
-    vision_encoder/        a CLIP/SigLIP vision model          (or vision_encoder_adapter/ + base)
-    projector/             config.json (class and sizes) + model.safetensors
-    tokenizer/             with the image token
-    image_processor/       the encoder's image processor
+The layout and its file and folder names are in :mod:`vltool.model.saved_format`, which the loader reads too.
 """
 
 import json
@@ -23,12 +16,20 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.model import projectors
+from vltool.model.saved_format import (
+    ADAPTER_SUFFIX,
+    FORMAT_VERSION,
+    IMAGE_PROCESSOR_FOLDER,
+    LLM_FOLDER,
+    MANIFEST,
+    PROJECTOR_CONFIG,
+    PROJECTOR_FOLDER,
+    PROJECTOR_WEIGHTS,
+    TOKENIZER_FOLDER,
+    VISION_ENCODER_FOLDER,
+)
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template
-
-MANIFEST = "vltool_model.json"
-FORMAT_VERSION = 1
-PROJECTOR_WEIGHTS = "model.safetensors"
 
 
 def projector_spec(projector: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def projector_spec(projector: nn.Module, kwargs: dict[str, Any]) -> dict[str, An
 def save_projector(projector: nn.Module, spec: dict[str, Any], folder: Path, dtype: torch.dtype) -> None:
     """Write ``config.json`` (``spec``) and the weights as safetensors."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(spec, indent=2) + "\n")
+    (folder / PROJECTOR_CONFIG).write_text(json.dumps(spec, indent=2) + "\n")
     state = {name: value.detach().to(dtype).contiguous() for name, value in projector.state_dict().items()}
     save_file(state, folder / PROJECTOR_WEIGHTS)
 
@@ -56,7 +57,7 @@ def _save_part(
         The manifest entry: ``{"path": name}`` or ``{"adapter": f"{name}_adapter", **base}``.
     """
     if base is not None:
-        folder = f"{name}_adapter"
+        folder = f"{name}{ADAPTER_SUFFIX}"
         part.save_pretrained(save_dir / folder, save_embedding_layers=False)
         return {"adapter": folder, **base}
     part.to(dtype).save_pretrained(save_dir / name, max_shard_size=shard)
@@ -95,18 +96,23 @@ def save_vltool(
     manifest = {
         "format": "vltool",
         "format_version": FORMAT_VERSION,
-        "llm": _save_part(vlm.llm, "llm", save_dir, adapter_bases.get("llm"), dtype, max_shard_size),
+        "llm": _save_part(vlm.llm, LLM_FOLDER, save_dir, adapter_bases.get("llm"), dtype, max_shard_size),
         "vision_encoder": {
             **_save_part(
-                encoder.model, "vision_encoder", save_dir, adapter_bases.get("vision_encoder"), dtype, max_shard_size
+                encoder.model,
+                VISION_ENCODER_FOLDER,
+                save_dir,
+                adapter_bases.get("vision_encoder"),
+                dtype,
+                max_shard_size,
             ),
             "feature_layer": encoder.feature_layer,
             "select_strategy": encoder.select_strategy,
             "image_size": encoder.image_size,
         },
-        "projector": {"path": "projector"},
-        "tokenizer": "tokenizer",
-        "image_processor": "image_processor",
+        "projector": {"path": PROJECTOR_FOLDER},
+        "tokenizer": TOKENIZER_FOLDER,
+        "image_processor": IMAGE_PROCESSOR_FOLDER,
         "image_aspect": image_aspect,
         "image_token": IMAGE_TOKEN,
         "image_token_id": vlm.image_token_id,
@@ -114,8 +120,9 @@ def save_vltool(
         "dtype": str(dtype).removeprefix("torch."),
         "template": asdict(template),
     }
-    save_projector(vlm.projector, projector_spec(vlm.projector, projector_kwargs), save_dir / "projector", dtype)
-    tokenizer.save_pretrained(save_dir / "tokenizer")
-    image_processor.save_pretrained(save_dir / "image_processor")
+    spec = projector_spec(vlm.projector, projector_kwargs)
+    save_projector(vlm.projector, spec, save_dir / PROJECTOR_FOLDER, dtype)
+    tokenizer.save_pretrained(save_dir / TOKENIZER_FOLDER)
+    image_processor.save_pretrained(save_dir / IMAGE_PROCESSOR_FOLDER)
     (save_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

@@ -14,8 +14,9 @@ from typing import Any
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.data.json_stream import RawRecord, RecordReader
-from vltool.data.sample import Message, Sample
+from vltool.data.sample import Sample
 from vltool.errors import DatasetError
+from vltool.templates.message import Message
 
 FORMATS = ("auto", "llava", "qwen_vl", "messages")
 ROLE_ALIASES = {

@@ -2,13 +2,7 @@
 
 from dataclasses import dataclass, field
 
-
-@dataclass
-class Message:
-    """One turn. ``content`` is text in which each image appears as the ``<image>`` marker."""
-
-    role: str
-    content: str
+from vltool.templates.message import Message
 
 
 @dataclass

@@ -65,9 +65,20 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
-        mega = global_batch * self.mega_batch_factor
+        return self.batches_per_epoch(self.has_image, global_batch, self.mega_batch_factor) * self.batch_size
+
+    @staticmethod
+    def batches_per_epoch(has_image: np.ndarray, global_batch: int, mega_batch_factor: int = 8) -> int:
+        """Global batches in one pass over the samples: each modality's tail makes a (padded) batch of its own.
+
+        Args:
+            has_image: ``[samples]`` bool, as the dataset's ``has_image``.
+            global_batch: samples per iteration over all processes (per-process batch x processes).
+            mega_batch_factor: as the sampler's.
+        """
+        mega = global_batch * mega_batch_factor
         batches = 0
-        for count in (int(self.has_image.sum()), int((~self.has_image).sum())):
+        for count in (int(has_image.sum()), int((~has_image).sum())):
             full, rest = divmod(count, mega)
             batches += full * math.ceil(mega / global_batch) + math.ceil(rest / global_batch)
-        return batches * self.batch_size
+        return batches

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vltool.data.prepare import Chunk
+from vltool.io import move_into_place
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -146,12 +147,9 @@ class StoreWriter:
         (self.folder / MANIFEST).write_text(json.dumps({"version": FORMAT_VERSION, **counts, **manifest}))
         for path in self.folder.iterdir():
             _fsync(path)
-        try:
-            os.rename(self.folder, self.final)
-        except OSError:
-            if not (self.final / MANIFEST).is_file():
-                raise
-            shutil.rmtree(self.folder, ignore_errors=True)
+        published = move_into_place(self.folder, self.final, replace=False)  # another process's folder stays
+        if not published and not (self.final / MANIFEST).is_file():
+            raise OSError(f"{self.final} exists and is not a prepared dataset; delete it and prepare again.")
         _fsync(self.final.parent)
         return self.final
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from vltool.constants import IGNORE_INDEX, IMAGE_TOKEN
-from vltool.data.sample import Message
 from vltool.templates import Template
+from vltool.templates.message import Message
 
 TRUNCATION_POLICIES = ("truncate", "drop")
 

@@ -25,8 +25,9 @@ from vltool.data.packing import pack_collate
 from vltool.engine.data_parts import build_data_parts, build_train_dataset, prepare_data
 from vltool.engine.flops import peak_flops, training_flops
 from vltool.engine.model import TrainingModel
-from vltool.engine.runner import build_seeded_parts, dataloader_cfg, optim_wrapper_cfg
+from vltool.engine.runner import dataloader_cfg, optim_wrapper_cfg
 from vltool.errors import ConfigError
+from vltool.model.builder import build_seeded_parts
 
 COLLATES = {"padded": pad_collate, "packed": pack_collate}
 
@@ -106,6 +107,7 @@ def run_bench(cfg: Config, dataset: VisionLanguageDataset, mode: str, steps: int
     if steps < 1:
         raise ConfigError(f"--steps {steps}: must be at least 1.")
     parts = build_seeded_parts(cfg)
+    parts.model.use_attention_for(COLLATES[mode])  # packed: attention that keeps samples apart
     loader_cfg = dataloader_cfg(cfg, dataset, parts.tokenizer.pad_token_id)
     collate = loader_cfg["collate_fn"]
     loader_cfg["collate_fn"] = _with_collate(collate.keywords, COLLATES[mode])

@@ -1,8 +1,9 @@
-"""Checkpoints: atomic saving, exact resume (RNG streams), ZeRO-3 aware weights, multi-stage loading."""
+"""Checkpoints: atomic saving, exact resume (RNG streams), ZeRO-3 aware weights, multi-stage loading.
 
-import os
+Every checkpoint is read weights-only, so no file can run code when loaded (:mod:`vltool.engine.safe_load`).
+"""
+
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,37 +12,15 @@ import torch
 from mmengine.dist import all_gather_object, barrier, get_rank, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 from vltool.constants import RESUME_LATEST
+from vltool.engine import safe_load  # also registers mmengine's weights-only local-file loader
 from vltool.errors import ConfigError
+from vltool.io import move_into_place, remove, write_atomically
 
 LAST_CHECKPOINT = "last_checkpoint"
 PREFIX = "vlm."  # TrainingModel's state-dict prefix
-
-
-@CheckpointLoader.register_scheme(prefixes="", force=True)
-def load_local_checkpoint(filename: str, map_location: Any = None) -> Any:
-    """The mmengine local-file loader again, with ``weights_only=False`` (registered on import).
-
-    torch >= 2.6 loads with ``weights_only=True`` by default, which refuses what mmengine itself
-    puts in a checkpoint (message-hub history buffers, numpy RNG state), so ``--resume`` would
-    fail. vltool resumes from checkpoints its own runs wrote, which are trusted.
-    """
-    path = Path(filename).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{filename} can not be found.")
-    return _torch_load(path, map_location)
-
-
-def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load`` of a file vltool wrote (trusted); a file that is not one fails with one line."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises pickle, runtime, value and EOF errors for damaged files
-        message = f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); was it cut short?"
-        raise ConfigError(message) from None
 
 
 def _is_partitioned(param: torch.Tensor) -> bool:
@@ -104,22 +83,26 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights (``vlm.``-prefixed names) from a checkpoint file or a DeepSpeed checkpoint directory.
 
     A DeepSpeed directory is consolidated from its ZeRO shards to fp32 (exact master weights,
-    whatever the stage), so pretrain checkpoints from ZeRO-2 or ZeRO-3 runs both load.
+    whatever the stage), so pretrain checkpoints from ZeRO-2 or ZeRO-3 runs both load. Both
+    kinds load weights-only: a file that would run code is refused before anything in it runs.
 
     Raises:
-        ConfigError: the path does not exist or holds no weights.
+        ConfigError: the path does not exist, holds no weights, is damaged, or holds something
+            loading would have to run (one line naming the file).
     """
     path = Path(path)
     if path.is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        safe_load.check_directory(path)
         try:
-            return dict(get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name))
+            with safe_load.weights_only_loading(path):  # DeepSpeed's reader asks for weights_only=False
+                return dict(get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name))
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"{path}: not a DeepSpeed checkpoint directory ({err}).") from None
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist.")
-    checkpoint = _torch_load(path)
+    checkpoint = safe_load.load_file(path)
     weights = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ConfigError(f"{path}: holds no model weights (expected a vltool checkpoint with a 'state_dict').")
@@ -166,8 +149,8 @@ def check_pretrained_exists(path: str | Path) -> None:
     """
     if not Path(path).exists():
         raise ConfigError(
-            f"pretrained_pth {path} does not exist: train the pretrain stage first, or set "
-            "--cfg-options pretrained_pth=PATH (or pretrained_pth=None to start from a fresh projector)."
+            f"pretrained_pth {path} does not exist: train the pretrain stage first, or set --cfg-options "
+            "pretrained_pth=PATH (or pretrained_pth=None pretrain_stage=None to start from a fresh projector)."
         )
 
 
@@ -234,8 +217,8 @@ class AtomicCheckpointHook(CheckpointHook):
         filename = self.filename_tmpl.format(step)
         final = Path(self.out_dir) / filename
         temporary = final.with_name(f".{filename}.tmp")
-        if is_main_process() and temporary.exists():  # left by a run killed mid-save
-            shutil.rmtree(temporary) if temporary.is_dir() else temporary.unlink()
+        if is_main_process():  # left by a run killed mid-save
+            remove(temporary)
         barrier()
         self.last_ckpt = str(final)
         runner.message_hub.update_info("last_ckpt", self.last_ckpt)
@@ -250,12 +233,8 @@ class AtomicCheckpointHook(CheckpointHook):
         )
         barrier()  # every rank has written its DeepSpeed shards
         if is_main_process():
-            if final.is_dir():
-                shutil.rmtree(final)
-            os.replace(temporary, final)
-            pointer = Path(runner.work_dir) / LAST_CHECKPOINT
-            pointer.with_suffix(".tmp").write_text(str(final))
-            os.replace(pointer.with_suffix(".tmp"), pointer)
+            move_into_place(temporary, final)
+            write_atomically(Path(runner.work_dir) / LAST_CHECKPOINT, lambda pointer: pointer.write_text(str(final)))
         barrier()
         self._remove_old(runner, step)
 
@@ -264,8 +243,8 @@ class AtomicCheckpointHook(CheckpointHook):
             return
         if len(self.keep_ckpt_ids) == self.max_keep_ckpts:  # a bounded deque: the oldest goes on append
             old = Path(self.out_dir) / self.filename_tmpl.format(self.keep_ckpt_ids[0])
-            if is_main_process() and old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            if is_main_process():
+                remove(old)
         self.keep_ckpt_ids.append(step)
         runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
 

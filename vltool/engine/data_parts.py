@@ -11,7 +11,7 @@ training builds it, so the tokenised-dataset cache key is the one ``vltool train
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmengine.config import Config
 from transformers import PreTrainedTokenizerBase
@@ -22,13 +22,13 @@ from vltool.data.dataset import VisionLanguageDataset
 from vltool.data.distributed import DATASET_PREPARE_TIMEOUT_KEY, DEFAULT_DATASET_PREPARE_TIMEOUT_S, build_dataset_once
 from vltool.engine.config import train_dataset_cfg
 from vltool.errors import ConfigError
+from vltool.model.config_parts import check_required_keys, part_cfg
 from vltool.model.tokenizer import TOKENIZER_FILES, add_image_token, has_tokenizer_files
 from vltool.model.visual_tokens import image_seq_length_from_config, load_error
 from vltool.templates import Template, load_template
 
-REQUIRED_KEYS = ("tokenizer", "template", "image_processor", "model")
-"""Top-level keys every config needs to build its parts."""
-
+if TYPE_CHECKING:  # the model builder imports peft and bitsandbytes, which the dataset commands never need
+    from vltool.model.builder import Parts
 
 @dataclass
 class DataParts:
@@ -46,12 +46,10 @@ class DataParts:
     image_processor: BaseImageProcessor
     image_seq_length: int
 
-
-def check_required_keys(cfg: Config) -> None:
-    """Raise a :class:`ConfigError` naming the first of :data:`REQUIRED_KEYS` that ``cfg`` lacks."""
-    for key in REQUIRED_KEYS:
-        if key not in cfg:
-            raise ConfigError(f"config has no '{key}' entry; see docs/configs.md for the required keys.")
+    @classmethod
+    def from_parts(cls, parts: "Parts") -> "DataParts":
+        """The data parts of a built model's parts, the visual-token count taken from the model."""
+        return cls(parts.tokenizer, parts.template, parts.image_processor, parts.model.image_seq_length)
 
 
 def build_data_parts(cfg: Config) -> DataParts:
@@ -70,7 +68,7 @@ def build_data_parts(cfg: Config) -> DataParts:
 
 def _build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     """The config's tokenizer with ``<image>`` added, as training builds it."""
-    source = _source(cfg.tokenizer)
+    source = _source(part_cfg(cfg, "tokenizer"))
     # from a folder without vocabulary files transformers 5 fails obscurely or builds an empty tokenizer
     if source is not None and Path(source).is_dir() and not has_tokenizer_files(Path(source)):
         raise ConfigError(
@@ -91,18 +89,56 @@ def _source(part: Any) -> str | None:
 def _build_from_files(cfg: Config, key: str) -> Any:
     """``build(cfg[key])``, with files that do not load reported against ``key``."""
     try:
-        return build(cfg[key])
+        return build(part_cfg(cfg, key))
     except (OSError, ValueError) as err:
-        source = _source(cfg[key])
+        source = _source(part_cfg(cfg, key))
         if source is None:
             raise
         raise load_error(f"{key}.pretrained_model_name_or_path", source, err) from None
 
 
-def prepare_data(cfg: Config) -> None:
-    """Run the config's ``data_preparation`` step (the demo writes its dataset here), if any."""
-    if cfg.get("data_preparation"):
-        build(cfg.data_preparation)
+def prepare_data(cfg: Config, *, with_hooks: bool = True) -> None:
+    """Run the config's ``data_preparation`` step (the demo writes its dataset there), if the run reads what it writes.
+
+    A step that names its output folder as ``data_root`` runs only when a path the command reads lies
+    under that folder: the training dataset's ``data_path`` or ``image_folder``, or, with
+    ``with_hooks`` (``vltool train``), a path a custom hook reads (the demo's held-out questions and
+    sample images). So the demo with ``train_dataloader.dataset.data_path`` pointed at other data
+    writes nothing for ``check-dataset`` or ``prepare-dataset``. A step without ``data_root`` always runs.
+
+    Args:
+        cfg: the loaded config.
+        with_hooks: count the custom hooks' paths as read (training runs them; the dataset commands do not).
+    """
+    step = cfg.get("data_preparation")
+    if not step:
+        return
+    data_root = step.get("data_root")
+    if data_root is None or any(_is_under(path, data_root) for path in _read_paths(cfg, with_hooks)):
+        build(step)
+
+
+def _read_paths(cfg: Config, with_hooks: bool) -> list[str]:
+    """The paths a run of ``cfg`` reads: the training dataset's, and with ``with_hooks`` every string of its hooks."""
+    dataset = train_dataset_cfg(cfg)
+    paths = [str(dataset[key]) for key in ("data_path", "image_folder") if dataset.get(key)]
+    return paths + (_strings(cfg.get("custom_hooks", [])) if with_hooks else [])
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string inside nested dicts and lists."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        return [text for item in node for text in _strings(item)]
+    return []
+
+
+def _is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both relative to the current directory unless absolute)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def dataset_prepare_timeout(cfg: Config) -> float:

@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
 from vltool.constants import CONFIGS_DIR
+from vltool.engine import safe_load
 from vltool.errors import ConfigError
 
 DEEPSPEED_DIR = CONFIGS_DIR / "deepspeed"
@@ -165,7 +166,8 @@ class CheckpointHookedDeepSpeedStrategy(DeepSpeedStrategy):
 
     mmengine 0.10.7's DeepSpeedStrategy ignores the ``callback`` that carries
     ``before_save_checkpoint`` and ``after_load_checkpoint``, so hook state (the RNG streams an
-    exact resume needs) would be silently missing from DeepSpeed checkpoints.
+    exact resume needs) would be silently missing from DeepSpeed checkpoints. Its loads are
+    weights-only here (DeepSpeed's own ask for ``weights_only=False``): see :mod:`vltool.engine.safe_load`.
     """
 
     def save_checkpoint(self, filename: str, *, extra_ckpt: dict | None = None, callback=None, **kwargs: Any) -> None:
@@ -175,10 +177,18 @@ class CheckpointHookedDeepSpeedStrategy(DeepSpeedStrategy):
         super().save_checkpoint(filename, extra_ckpt=extra_ckpt, **kwargs)
 
     def resume(self, filename: str, *, callback=None, **kwargs: Any) -> dict:
-        checkpoint = super().resume(filename, **kwargs)
+        safe_load.check_directory(filename)
+        with safe_load.weights_only_loading(filename):  # DeepSpeed's loads ask for weights_only=False
+            checkpoint = super().resume(filename, **kwargs)
+        safe_load.refuse_config_code(checkpoint, filename)
         if callback is not None:
             callback(checkpoint)
         return checkpoint
+
+    def load_checkpoint(self, filename: str, **kwargs: Any) -> dict:
+        safe_load.check_directory(filename)
+        with safe_load.weights_only_loading(filename):
+            return super().load_checkpoint(filename, **kwargs)
 
 
 def strategy_cfg(ds_config: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,14 +17,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vltool.constants import IGNORE_INDEX, IMAGE_TOKEN
 from vltool.data.images import load_image
-from vltool.data.sample import Message
 from vltool.engine.checkpoint import gathered_state
 from vltool.engine.model import TrainingModel
 from vltool.errors import ConfigError, DatasetError
-from vltool.eval.mmbench import heldout_accuracy
+from vltool.eval.mmbench import HeldOutResult, heldout_accuracy
 from vltool.infer.pipeline import GenerationOptions, Pipeline
+from vltool.io import staged_directory
 from vltool.model.lora import ADAPTER_DIRS, save_adapters
 from vltool.model.vlm import VisionLanguageModel
+from vltool.templates.message import Message
 
 
 def unwrap(model: Any) -> VisionLanguageModel:
@@ -129,37 +128,65 @@ class LossCurveHook(Hook):
 
 
 class MultipleChoiceEvalHook(Hook):
-    """After training, answers an MMBench-layout TSV and logs the accuracy per category.
+    """After training, answers an MMBench-layout TSV and logs CircularEval and vanilla accuracy per category.
+
+    With ``circular`` (the default), every question is asked once per rotation of its options
+    and counts as right only when every rotation is (MMBench's CircularEval); vanilla accuracy is
+    pass 0 alone. The last line logged is the headline figure.
 
     Args:
         pipeline: the inference pipeline (filled in by vltool's runner builder).
         data_path: the TSV.
         batch_size: prompts per generation batch.
         max_new_tokens: longest answer.
+        circular: CircularEval next to vanilla accuracy, or vanilla alone (pass 0 only: faster).
     """
 
     priority = "VERY_LOW"
 
-    def __init__(self, pipeline: Pipeline, data_path: str, batch_size: int = 32, max_new_tokens: int = 8) -> None:
+    def __init__(
+        self, pipeline: Pipeline, data_path: str, batch_size: int = 32, max_new_tokens: int = 8, circular: bool = True
+    ) -> None:
         self.pipeline = pipeline
         self.data_path = data_path
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.circular = circular
 
     def after_train(self, runner: Runner) -> None:
         if runner.rank != 0 and not is_partitioned(unwrap(runner.model)):
             return
-        result = heldout_accuracy(self.pipeline, self.data_path, self.batch_size, self.max_new_tokens)
-        for category, accuracy in result.per_category().items():
-            runner.logger.info(f"held-out accuracy [{category}]: {accuracy:.1%}")
-        runner.logger.info(
-            f"held-out accuracy: {result.accuracy:.1%} on {len(result.scored.rows)} questions "
-            f"({Path(self.data_path).name}); chance is {result.chance:.0%}"
-        )
+        result = heldout_accuracy(self.pipeline, self.data_path, self.batch_size, self.max_new_tokens, self.circular)
+        for line in heldout_report(result, Path(self.data_path).name):
+            runner.logger.info(line)
         if runner.rank != 0:
             return
         runner.message_hub.update_info("heldout_accuracy", result.accuracy)
+        runner.message_hub.update_info("heldout_vanilla_accuracy", result.vanilla_accuracy)
         (Path(runner.work_dir) / "heldout_accuracy.json").write_text(json.dumps(result.to_dict(), indent=1))
+
+
+def heldout_report(result: HeldOutResult, name: str) -> list[str]:
+    """The hook's lines: one per category, then the headline (CircularEval next to vanilla, when circular)."""
+    circular = result.scored.circular
+    lines = []
+    vanilla = result.per_category(vanilla=True)
+    for category, accuracy in result.per_category().items():
+        figures = f"circular {accuracy:.1%}, vanilla {vanilla[category]:.1%}" if circular else f"{accuracy:.1%}"
+        lines.append(f"held-out accuracy [{category}]: {figures}")
+    if circular:
+        lines.append(
+            f"held-out circular accuracy {result.accuracy:.1%} (vanilla {result.vanilla_accuracy:.1%}) on "
+            f"{result.questions} questions ({name}, {result.passes} prompts: each question once per rotation of its "
+            f"options, right only if right every time); chance is {result.circular_chance:.1%} "
+            f"(vanilla {result.chance:.0%})"
+        )
+    else:
+        lines.append(
+            f"held-out accuracy {result.accuracy:.1%} on {result.questions} questions ({name}, vanilla: "
+            f"options in the file's order only); chance is {result.chance:.0%}"
+        )
+    return lines
 
 
 class SampleAnswersHook(Hook):
@@ -282,12 +309,5 @@ class AdapterExportHook(Hook):
         state = gathered_state(vlm, trainable)  # a collective under ZeRO-3: every rank calls it
         if not is_main_process():
             return
-        final = Path(runner.work_dir) / "adapters"
-        staging, retired = final.with_name(".adapters.new"), final.with_name(".adapters.old")
-        for leftover in (staging, retired):
-            shutil.rmtree(leftover, ignore_errors=True)
-        save_adapters(vlm, staging, state_dict=state)
-        if final.exists():
-            os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
+        with staged_directory(Path(runner.work_dir) / "adapters", "new") as staging:
+            save_adapters(vlm, staging, state_dict=state)

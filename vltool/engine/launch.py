@@ -75,12 +75,20 @@ def torchrun_command(argv: list[str], env: dict[str, str]) -> list[str] | None:
 
 
 def relaunch_if_requested(argv: list[str]) -> None:
-    """Rerun this command under torchrun when ``NPROC_PER_NODE`` is set, and exit with its code."""
-    command = torchrun_command(argv, dict(os.environ))
+    """Rerun this command under torchrun when ``NPROC_PER_NODE`` is set, and exit with its code.
+
+    The children inherit this process's environment, with ``OMP_NUM_THREADS=1`` unless it is set:
+    torchrun's own default for several processes per node, set here so that torchrun does not
+    print a banner saying it set it.
+    """
+    env = dict(os.environ)
+    command = torchrun_command(argv, env)
     if command is None:
         return
+    if int(env["NPROC_PER_NODE"]) > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
     # the children must not see NPROC_PER_NODE's request again: under_torchrun() stops the loop
-    sys.exit(subprocess.call(command))
+    sys.exit(subprocess.call(command, env=env))
 
 
 def slurm_environment(env: dict[str, str]) -> dict[str, str]:

@@ -3,19 +3,16 @@
 import inspect
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.dist import is_distributed
+from mmengine.dist import get_world_size, is_distributed
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
-from mmengine.runner import FlexibleRunner, Runner, set_random_seed
-from transformers import PreTrainedTokenizerBase
-from transformers.image_processing_utils import BaseImageProcessor
+from mmengine.runner import Runner
 
 from vltool.build import build, resolve_type
 from vltool.constants import RESUME_LATEST
@@ -25,62 +22,18 @@ from vltool.data.distributed import DATASET_PREPARE_TIMEOUT_KEY, broadcast_from_
 from vltool.data.images import ImageTransform
 from vltool.data.sampler import LengthGroupedSampler
 from vltool.engine.checkpoint import check_pretrained_exists, find_resume_checkpoint, load_pretrained
-from vltool.engine.data_parts import (
-    DataParts,
-    build_train_dataset,
-    check_required_keys,
-    dataset_prepare_timeout,
-    prepare_data,
-)
+from vltool.engine.console import QuietFlexibleRunner, QuietRunner
+from vltool.engine.data_parts import DataParts, build_train_dataset, dataset_prepare_timeout, prepare_data
 from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
+from vltool.engine.schedule import resolve_train_length
+from vltool.engine.stages import pretrained_checkpoint
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
-from vltool.model.builder import build_model
-from vltool.model.vlm import VisionLanguageModel
-from vltool.templates import Template, load_template
+from vltool.model.builder import Parts, build_seeded_parts
+from vltool.model.quantization import quantization_settings
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Parts:
-    """What a config builds besides the training loop."""
-
-    tokenizer: PreTrainedTokenizerBase
-    template: Template
-    image_processor: BaseImageProcessor
-    model: VisionLanguageModel
-
-    def pipeline(self, image_aspect: str = "pad") -> Pipeline:
-        """The inference pipeline over these parts."""
-        return Pipeline(self.model, self.tokenizer, self.template, ImageTransform(self.image_processor, image_aspect))
-
-    def data_parts(self) -> DataParts:
-        """What the training dataset is built from, the visual-token count taken from the built model."""
-        return DataParts(self.tokenizer, self.template, self.image_processor, self.model.image_seq_length)
-
-
-def build_parts(cfg: Config) -> Parts:
-    """Tokenizer, template, image processor and model from ``cfg``."""
-    check_required_keys(cfg)
-    template = load_template(cfg.template)
-    tokenizer = build(cfg.tokenizer)
-    model = build_model(cfg.model, tokenizer)
-    return Parts(tokenizer, template, build(cfg.image_processor), model)
-
-
-def build_seeded_parts(cfg: Config) -> Parts:
-    """:func:`build_parts` right after seeding with the config's ``randomness``.
-
-    Parts built from a config rather than loaded by name (the demo's LLM and encoder) start
-    from random weights, and checkpoints hold only what trains. Seeding here, the one place
-    training and ``convert`` both build through, gives frozen random weights that are the same
-    at conversion time as they were in training.
-    """
-    randomness = cfg.get("randomness", dict(seed=0))
-    set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
-    return build_parts(cfg)
 
 
 def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
@@ -140,7 +93,8 @@ def _hooks(cfg: Config, parts: Parts) -> list[Any]:
         hook_type = resolve_type(hook["type"])
         if "pipeline" in inspect.signature(hook_type).parameters:
             aspect = cfg.train_dataloader.dataset.get("image_aspect", "pad")
-            hooks.append(build(hook, pipeline=parts.pipeline(aspect)))
+            transform = ImageTransform(parts.image_processor, aspect)
+            hooks.append(build(hook, pipeline=Pipeline(parts.model, parts.tokenizer, parts.template, transform)))
         else:
             hooks.append(hook)
     return hooks
@@ -203,7 +157,7 @@ def build_runner(
     resume = resume or _config_resume(cfg)
     resume_from = find_resume_checkpoint(cfg.work_dir, resume) if resume else None
     # resuming restores every trained weight, so the previous stage's checkpoint is not needed then
-    pretrained = cfg.get("pretrained_pth") if resume_from is None else None
+    pretrained = pretrained_checkpoint(cfg) if resume_from is None else None
     if pretrained:
         check_pretrained_exists(pretrained)
     ds_config = None
@@ -211,16 +165,19 @@ def build_runner(
         from vltool.engine import deepspeed as ds  # imports deepspeed: only for DeepSpeed runs
 
         ds_config = ds.fill_deepspeed_config(ds.read_deepspeed_config(deepspeed), cfg, torch.cuda.is_available())
-        if ds.zero_stage(ds_config) == 3 and cfg.model.get("llm", {}).get("quantization_config"):
+        if ds.zero_stage(ds_config) == 3 and quantization_settings(cfg.model):
             raise ConfigError("a quantised (QLoRA) LLM cannot be partitioned by ZeRO-3; use --deepspeed zero2.")
     init_distributed(resolve_launcher(launcher or cfg.get("launcher")), single_process=ds_config is not None)
     # rank 0 writes the data; the others wait under dataset_prepare_timeout and see its errors
     broadcast_from_rank0(partial(prepare_data, cfg), dataset_prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
     with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
         parts = build_seeded_parts(cfg)
+    # packed batches: attention that keeps samples apart, chosen for this LLM only (or refused)
+    parts.model.use_attention_for((cfg.train_dataloader.get("collate_fn") or {}).get("type"))
     if pretrained:
         load_pretrained(parts.model, pretrained)
-    dataset = build_train_dataset(cfg, parts.data_parts())
+    dataset = build_train_dataset(cfg, DataParts.from_parts(parts))
+    cfg.train_cfg = resolve_train_length(cfg, dataset, get_world_size())
     common = dict(
         model=TrainingModel(parts.model),
         work_dir=cfg.work_dir,
@@ -243,11 +200,11 @@ def build_runner(
     )
     if ds_config is not None:
         optimizer = ds.deepspeed_optimizer_cfg(cfg.optim_wrapper.optimizer, ds_config)
-        return FlexibleRunner(
+        return QuietFlexibleRunner(
             strategy=ds.strategy_cfg(ds_config),
             optim_wrapper=dict(type="DeepSpeedOptimWrapper", optimizer=optimizer),
             **common,
         )
     if "model_wrapper_cfg" not in cfg:  # mmengine's Runner reads it from the config
         cfg.model_wrapper_cfg = _ddp_wrapper_cfg(cfg)
-    return Runner(optim_wrapper=optim_wrapper_cfg(cfg), env_cfg=cfg.get("env_cfg", {}), **common)
+    return QuietRunner(optim_wrapper=optim_wrapper_cfg(cfg), env_cfg=cfg.get("env_cfg", {}), **common)

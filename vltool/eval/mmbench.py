@@ -19,16 +19,16 @@ import pandas as pd
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from rich.console import Console
 
-from vltool.data.sample import Message
 from vltool.errors import DatasetError
-from vltool.eval.circular import OFFSET, add_passes, check_groups, has_passes
+from vltool.eval.circular import OFFSET, add_passes, check_groups, group_index, has_passes
 from vltool.eval.extraction import RULES
 from vltool.eval.mmbench_data import MMBenchTable, is_empty, options_of, read_mmbench_tsv
 from vltool.eval.mmbench_score import ScoredRows, accuracy_report, display_table, score_rows
-from vltool.eval.multiple_choice import build_prompt
 from vltool.eval.predict import PredictionCache, Request, answer_requests, process_rank
 from vltool.eval.report import bar_chart, print_table, write_atomically
 from vltool.infer.pipeline import GenerationOptions, Pipeline
+from vltool.templates.message import Message
+from vltool.templates.multiple_choice import build_prompt
 
 SUBMISSION_URL = "https://mmbench.opencompass.org.cn/mmbench-submission"
 
@@ -54,19 +54,26 @@ def load_questions(data_path: str | Path, circular: bool, console: Console) -> t
         DatasetError: bad TSV (see :func:`read_mmbench_tsv`), or a rotated pass without its original.
     """
     table = read_mmbench_tsv(data_path)
-    rows = table.rows
-    questions = int((rows["index"] < OFFSET).sum())
-    in_file = has_passes(rows)
-    if in_file:
-        check_groups(rows, str(table.path))
-    if circular and not in_file:
-        rows = add_passes(rows)
-    elif not circular:
-        rows = rows[rows["index"] < OFFSET].reset_index(drop=True)
+    questions = int((table.rows["index"] < OFFSET).sum())
+    in_file = has_passes(table.rows)
+    rows = question_rows(table, circular)
     source = "from the file" if in_file else "built here"
     mode = f"CircularEval: {len(rows)} passes, {source}" if circular else "vanilla: pass 0 only"
     console.print(f"{table.path.name}: {questions} questions ({mode})", highlight=False)
     return table, rows
+
+
+def question_rows(table: MMBenchTable, circular: bool) -> pd.DataFrame:
+    """The rows to answer: every pass with ``circular`` (built here when the file has originals only), else pass 0.
+
+    Raises:
+        DatasetError: a rotated pass in the file without its original.
+    """
+    rows = table.rows
+    if has_passes(rows):
+        check_groups(rows, str(table.path))
+        return rows if circular else rows[rows["index"] < OFFSET].reset_index(drop=True)
+    return add_passes(rows) if circular else rows
 
 
 def mmbench_requests(table: MMBenchTable, rows: pd.DataFrame) -> list[Request]:
@@ -248,44 +255,81 @@ def _write_xlsx(path: Path, frame: pd.DataFrame) -> None:
 
 @dataclass
 class HeldOutResult:
-    """Vanilla (pass 0) accuracy of a small MMBench-layout set, for the training hook."""
+    """Accuracy of a small MMBench-layout set, for the training hook: CircularEval and vanilla (pass 0).
+
+    Unresolved answers count as wrong. Without CircularEval, :attr:`accuracy` is the vanilla one.
+    """
 
     scored: ScoredRows
 
     @property
+    def questions(self) -> int:
+        """Questions scored (each asked once per pass)."""
+        return len(self.scored.originals)
+
+    @property
+    def passes(self) -> int:
+        """Prompts answered: every pass of every question."""
+        return len(self.scored.rows)
+
+    @property
     def accuracy(self) -> float:
-        """Fraction of questions answered right (unresolved answers count as wrong)."""
-        return float(self.scored.rows["hit"].mean())
+        """The headline: with CircularEval, the fraction of questions right on every pass; else vanilla."""
+        return float(self.scored.originals["hit"].mean())
+
+    @property
+    def vanilla_accuracy(self) -> float:
+        """The fraction of questions right on pass 0 (the options in the file's order)."""
+        return float(self.scored.originals["vanilla_hit"].mean())
 
     @property
     def chance(self) -> float:
-        """Expected accuracy of guessing uniformly."""
-        return float(sum(1 / len(options_of(row)) for _, row in self.scored.rows.iterrows()) / len(self.scored.rows))
+        """Expected vanilla accuracy of guessing uniformly."""
+        originals = self.scored.originals
+        return float(sum(1 / len(options_of(row)) for _, row in originals.iterrows()) / len(originals))
 
-    def per_category(self) -> dict[str, float]:
-        """Accuracy of each category."""
-        if "category" not in self.scored.rows:
+    @property
+    def circular_chance(self) -> float:
+        """Expected headline accuracy of guessing uniformly on every pass (the vanilla chance without CircularEval)."""
+        passes = self.scored.rows["index"].map(group_index).value_counts()
+        originals = self.scored.originals
+        guesses = [len(options_of(row)) ** -int(passes[row["index"]]) for _, row in originals.iterrows()]
+        return float(sum(guesses) / len(guesses))
+
+    def per_category(self, vanilla: bool = False) -> dict[str, float]:
+        """Headline (or vanilla) accuracy of each category."""
+        originals = self.scored.originals
+        if "category" not in originals:
             return {}
-        return {str(k): float(v) for k, v in self.scored.rows.groupby("category")["hit"].mean().items()}
+        hits = originals.groupby("category")["vanilla_hit" if vanilla else "hit"].mean()
+        return {str(k): float(v) for k, v in hits.items()}
 
     def to_dict(self) -> dict[str, object]:
         """Summary for JSON."""
+        vanilla = self.per_category(vanilla=True)
         return {
             "accuracy": self.accuracy,
+            "mode": "circular" if self.scored.circular else "vanilla",
+            "vanilla_accuracy": self.vanilla_accuracy,
             "chance": self.chance,
-            "questions": len(self.scored.rows),
+            "circular_chance": self.circular_chance,
+            "questions": self.questions,
+            "passes": self.passes,
             "unresolved": int(self.scored.rows["choice"].eq("").sum()),
             "per_category": self.per_category(),
+            "per_category_vanilla": vanilla,
         }
 
 
 def heldout_accuracy(
-    pipeline: Pipeline, data_path: str | Path, batch_size: int = 32, max_new_tokens: int = 8
+    pipeline: Pipeline, data_path: str | Path, batch_size: int = 32, max_new_tokens: int = 8, circular: bool = True
 ) -> HeldOutResult:
-    """Answer pass 0 of a TSV with answers greedily, in memory (no cache, no files), and score it.
+    """Answer a TSV with answers greedily, in memory (no cache, no files), and score it.
 
-    Every caller answers every question in the same batches, which ZeRO-3 needs: all ranks must
-    run each forward pass together.
+    With ``circular``, every question is asked once per rotation of its options (the passes are
+    built here unless the file has them, as ``vltool mmbench`` does) and scored by CircularEval
+    next to vanilla; without it, pass 0 alone. Every caller answers every prompt in the same
+    batches, which ZeRO-3 needs: all ranks must run each forward pass together.
 
     Raises:
         DatasetError: a bad TSV, or one without answers.
@@ -293,7 +337,7 @@ def heldout_accuracy(
     table = read_mmbench_tsv(data_path)
     if not table.has_answers:
         raise DatasetError(f"{table.path}: has no answers to score held-out accuracy with.")
-    rows = table.rows[table.rows["index"] < OFFSET].reset_index(drop=True)
+    rows = question_rows(table, circular)
     requests = mmbench_requests(table, rows)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     predictions = {}
@@ -302,4 +346,4 @@ def heldout_accuracy(
         conversations = [[Message("user", request.text)] for request in batch]
         answers = pipeline.answer(conversations, [request.images() for request in batch], options)
         predictions.update((int(request.key), answer) for request, answer in zip(batch, answers, strict=True))
-    return HeldOutResult(score_rows(rows, predictions, has_answers=True, circular=False))
+    return HeldOutResult(score_rows(rows, predictions, has_answers=True, circular=circular))

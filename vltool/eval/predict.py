@@ -20,9 +20,9 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vltool.data.sample import Message
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import GenerationOptions, Pipeline
+from vltool.templates.message import Message
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,13 @@ from transformers import (
 )
 
 from vltool.constants import IMAGE_TOKEN
-from vltool.convert.huggingface import TEMPLATE_FILE
-from vltool.convert.vltool_format import MANIFEST
 from vltool.data.images import ASPECT_MODES, ImageTransform
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
 from vltool.infer.projector_folder import load_projector
 from vltool.model import projectors
 from vltool.model.lora import float32_compute_without_cuda
+from vltool.model.saved_format import MANIFEST, TEMPLATE_FILE
 from vltool.model.tokenizer import add_image_token, load_tokenizer
 from vltool.model.vision_encoder import FEATURE_SELECT_STRATEGIES, VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
@@ -46,6 +45,11 @@ transformers matches ``llm_int8_skip_modules`` from the start of a name or as a 
 # folders of an XTuner (or vltool) LLaVA directory; the first name is XTuner's
 VISION_FOLDERS = ("visual_encoder", "vision_encoder")
 VISION_ADAPTER_FOLDERS = ("visual_encoder_adapter", "vision_encoder_adapter")
+
+PIL_IMAGE_PROCESSOR = {"backend": "pil"}
+"""``AutoImageProcessor`` options: the PIL class that vltool's configs train with, also where
+torchvision is installed (its resize gives slightly different pixels); saved processor configs
+name the base class (``CLIPImageProcessor``), which would pick torchvision when it is there."""
 
 
 def load_pipeline(
@@ -135,7 +139,9 @@ def load_parts_pipeline(
     no_tokenizer = f"LLM {llm}: no tokenizer loads from it (tokenizer.json, vocab.json...); pass the LLM's folder."
     tokenizer = load_tokenizer(llm, no_tokenizer)
     image_token_id = add_image_token(tokenizer)
-    image_processor = _pretrained(AutoImageProcessor, encoder_source, f"image processor of {encoder_source}", {})
+    image_processor = _pretrained(
+        AutoImageProcessor, encoder_source, f"image processor of {encoder_source}", PIL_IMAGE_PROCESSOR
+    )
     projector = load_projector(llava / "projector")
     language_model = _causal_lm(
         llm, _first_folder(llava, ("llm_adapter",)), _load_options(quantization, dtype, device), len(tokenizer)
@@ -349,7 +355,7 @@ def _load_vltool(path: Path, dtype: DType, device: str, template: Template | Non
         _load_llm_part(path, llm_entry, dtype, device, bits, len(tokenizer)),
         manifest["image_token_id"],
     )
-    image_processor = AutoImageProcessor.from_pretrained(path / manifest["image_processor"])
+    image_processor = AutoImageProcessor.from_pretrained(path / manifest["image_processor"], **PIL_IMAGE_PROCESSOR)
     return Pipeline(
         model,
         tokenizer,
@@ -403,6 +409,6 @@ def _load_huggingface(path: Path, options: dict[str, Any], template: Template | 
             raise ConfigError(f"{path} has no {TEMPLATE_FILE}; name the prompt template (for example qwen_chat).")
         template = _template(json.loads(template_file.read_text(encoding="utf-8")))
     # the exported processor pads to square itself when training did
-    transform = ImageTransform(AutoImageProcessor.from_pretrained(path), "resize")
+    transform = ImageTransform(AutoImageProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR), "resize")
     tokenizer = load_tokenizer(path, f"{path} has no tokenizer files; convert the checkpoint again.")
     return Pipeline(model, tokenizer, template, transform)

@@ -14,11 +14,11 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from vltool.data.images import ImageTransform
-from vltool.data.sample import Message
 from vltool.data.tokenization import tokenize_conversation
 from vltool.errors import ConfigError
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template
+from vltool.templates.message import Message
 
 
 @dataclass(frozen=True)

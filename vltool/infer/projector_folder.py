@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from vltool.convert.vltool_format import PROJECTOR_WEIGHTS
 from vltool.errors import ConfigError
 from vltool.model import projectors
+from vltool.model.saved_format import PROJECTOR_CONFIG, PROJECTOR_WEIGHTS
 
 XTUNER_PROJECTOR = "ProjectorModel"
 XTUNER_PROJECTOR_KEY = re.compile(r"model\.(\d+)\.(weight|bias)")
@@ -18,7 +18,8 @@ XTUNER_PROJECTOR_KEY = re.compile(r"model\.(\d+)\.(weight|bias)")
 
 def load_projector(folder: Path) -> torch.nn.Module:
     """A projector saved by vltool (``config.json`` with ``type``) or by XTuner (``ProjectorModel``)."""
-    spec = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    config = folder / PROJECTOR_CONFIG  # XTuner's projector folder names its config.json alike
+    spec = json.loads(config.read_text()) if config.is_file() else {}
     if XTUNER_PROJECTOR in spec.get("architectures", ()):
         projector, state = _xtuner_projector(folder, spec)
     elif "type" in spec:

@@ -17,8 +17,8 @@ from PIL import Image
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from vltool.constants import IMAGE_TOKEN
-from vltool.data.sample import Message
 from vltool.infer.pipeline import GenerationOptions, Pipeline
+from vltool.templates.message import Message
 
 
 @dataclass

@@ -1,17 +1,60 @@
-"""Build the vision-language model from ``cfg.model``: encoder, LLM (LoRA, QLoRA), projector."""
+"""Build what a config describes.
 
-from mmengine.config import ConfigDict
+The vision-language model from ``cfg.model`` (encoder, LLM with LoRA or QLoRA, projector), and
+with it the tokenizer, template and image processor.
+"""
+
+from dataclasses import dataclass
+
+from mmengine.config import Config, ConfigDict
+from mmengine.runner import set_random_seed
 from transformers import PreTrainedTokenizerBase
+from transformers.image_processing_utils import BaseImageProcessor
 
 from vltool.build import build
+from vltool.model.config_parts import check_required_keys, part_cfg
 from vltool.model.lora import (
     add_lora,
     enable_gradient_checkpointing,
     float32_compute_without_cuda,
     prepare_quantized_llm,
 )
+from vltool.model.quantization import quantization_settings, quantized_llm_cfg
 from vltool.model.tokenizer import add_image_token
 from vltool.model.vlm import VisionLanguageModel
+from vltool.templates import Template, load_template
+
+
+@dataclass
+class Parts:
+    """What a config builds besides the training loop."""
+
+    tokenizer: PreTrainedTokenizerBase
+    template: Template
+    image_processor: BaseImageProcessor
+    model: VisionLanguageModel
+
+
+def build_parts(cfg: Config) -> Parts:
+    """Tokenizer, template, image processor and model from ``cfg``."""
+    check_required_keys(cfg)
+    template = load_template(cfg.template)
+    tokenizer = build(part_cfg(cfg, "tokenizer"))
+    model = build_model(cfg.model, tokenizer)
+    return Parts(tokenizer, template, build(part_cfg(cfg, "image_processor")), model)
+
+
+def build_seeded_parts(cfg: Config) -> Parts:
+    """:func:`build_parts` right after seeding with the config's ``randomness``.
+
+    Parts built from a config rather than loaded by name (the demo's LLM and encoder) start
+    from random weights, and checkpoints hold only what trains. Seeding here, the one place
+    training and ``convert`` both build through, gives frozen random weights that are the same
+    at conversion time as they were in training.
+    """
+    randomness = cfg.get("randomness", dict(seed=0))
+    set_random_seed(randomness.get("seed", 0), deterministic=randomness.get("deterministic", False))
+    return build_parts(cfg)
 
 
 def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> VisionLanguageModel:
@@ -31,10 +74,15 @@ def build_model(model_cfg: ConfigDict, tokenizer: PreTrainedTokenizerBase) -> Vi
         vision_encoder_gradient_checkpointing: the same for the vision encoder's layers, when
             it trains (default False).
 
-    An LLM with a ``quantization_config`` loads in 4 or 8 bits (QLoRA), with float32 compute
-    when there is no CUDA device.
+        llm_quantization: ``"nf4"``, ``"int8"`` or BitsAndBytesConfig settings: the LLM loads
+            in 4 or 8 bits (QLoRA; :mod:`vltool.model.quantization`), with float32 compute when
+            there is no CUDA device.
     """
     model_cfg = dict(model_cfg)
+    quantization = quantization_settings(model_cfg)
+    model_cfg.pop("llm_quantization", None)
+    if quantization is not None:
+        model_cfg["llm"] = quantized_llm_cfg(model_cfg["llm"], quantization)
     image_token_id = add_image_token(tokenizer)
     vision_encoder = build(model_cfg.pop("vision_encoder"))
     if model_cfg.pop("vision_encoder_gradient_checkpointing", False):

@@ -1,13 +1,16 @@
 """``VisionLanguageModel``: vision encoder -> projector -> image embeddings spliced into the LLM's input."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils.generic import is_flash_attention_requested
 
+from vltool.build import resolve_type
 from vltool.data.collate import supervised_positions
+from vltool.data.packing import pack_collate
 from vltool.model.head_loss import head_loss
-from vltool.model.segment_attention import SEGMENTS_KWARG
+from vltool.model.segment_attention import SEGMENTS_KWARG, packed_attention_path, select_packed_attention
 from vltool.model.vision_encoder import VisionEncoder
 
 
@@ -58,6 +61,29 @@ class VisionLanguageModel(nn.Module):
     def image_seq_length(self) -> int:
         """Visual tokens (image-token placeholders) per image."""
         return self.projector.num_output_tokens(self.vision_encoder.num_patches)
+
+    def use_packed_attention(self) -> str:
+        """Make the LLM's attention keep the samples of packed batches apart; return its implementation.
+
+        ``sdpa`` becomes vltool's segment attention, on this model only; flash attention and
+        ``eager`` stay (:func:`vltool.model.segment_attention.select_packed_attention`). Padded
+        batches and generation are unchanged by the switch.
+
+        Raises:
+            ConfigError: an attention implementation packed batches cannot use.
+        """
+        return select_packed_attention(self.llm)
+
+    def use_attention_for(self, collate_fn: Callable | str | None) -> None:
+        """Choose the LLM's attention for the batches ``collate_fn`` makes.
+
+        Args:
+            collate_fn: a dataloader's collate function, or its dotted name (configs dumped by
+                ``copy-cfg``), or None (padding). :func:`~vltool.data.packing.pack_collate`
+                selects :meth:`use_packed_attention`; any other leaves the LLM as it is.
+        """
+        if collate_fn is not None and resolve_type(collate_fn) is pack_collate:
+            self.use_packed_attention()
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[num_images, 3, H, W]`` -> ``[num_images, image_seq_length, llm_hidden]``."""
@@ -164,7 +190,8 @@ class VisionLanguageModel(nn.Module):
             return decoder(
                 inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
-        if self.llm.config._attn_implementation == "sdpa":
+        path = packed_attention_path(self.llm.config._attn_implementation)  # refuses what would cross samples
+        if path == "segments":
             # attention sample by sample (segment_attention); the all-ones mask tells transformers
             # not to build a block-diagonal mask that would go unused
             no_padding = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
@@ -172,7 +199,7 @@ class VisionLanguageModel(nn.Module):
             return decoder(
                 inputs_embeds=embeds, attention_mask=no_padding, position_ids=position_ids, use_cache=False, **packed
             ).last_hidden_state
-        if not is_flash_attention_requested(self.llm.config):  # eager and others: transformers' block mask
+        if path == "mask":  # eager: no attention mask, so transformers builds the block mask from the position ids
             return decoder(inputs_embeds=embeds, position_ids=position_ids, use_cache=False).last_hidden_state
         rows, width = embeds.shape[:2]
         # flash-attn's variable-length kernel takes one flat sequence and the sample boundaries;

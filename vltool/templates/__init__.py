@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 
 from vltool.constants import IMAGE_TOKEN, TEMPLATES_DIR
-from vltool.data.sample import Message
 from vltool.errors import ConfigError
+from vltool.templates.message import Message
 
 
 @dataclass(frozen=True)

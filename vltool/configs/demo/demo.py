@@ -3,7 +3,7 @@
 # MMBench-style questions. Point it at your own data with
 # --cfg-options train_dataloader.dataset.data_path=FILE train_dataloader.dataset.image_folder=DIR
 from mmengine.config import read_base
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
 from vltool.data.collate import pad_collate
 from vltool.data.dataset import VisionLanguageDataset
@@ -29,8 +29,9 @@ seed = 0
 # ---------------- model ----------------
 template = "qwen_chat"
 tokenizer = dict(type=load_qwen2_tokenizer)
+# the PIL class by name: the same pixels whether or not torchvision is installed
 image_processor = dict(
-    type=CLIPImageProcessor, size=dict(shortest_edge=image_size), crop_size=dict(height=image_size, width=image_size)
+    type=CLIPImageProcessorPil, size=dict(shortest_edge=image_size), crop_size=dict(height=image_size, width=image_size)
 )
 model = dict(
     vision_encoder=dict(

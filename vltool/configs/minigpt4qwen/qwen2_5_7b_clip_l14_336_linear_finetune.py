@@ -19,5 +19,5 @@ model = dict(
     freeze_llm=True,
 )
 optim_wrapper.optimizer.update(lr=1e-4)
-train_cfg.update(max_iters=5200)
+train_cfg.update(max_epochs=1)
 default_hooks.checkpoint.update(interval=1000)

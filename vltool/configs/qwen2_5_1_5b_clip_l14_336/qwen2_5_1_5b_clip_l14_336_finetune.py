@@ -1,6 +1,6 @@
 # LLaVA-1.5 stage 2, full LLM finetune for Qwen2.5-1.5B-Instruct + CLIP ViT-L/14-336.
-# It starts from the stage-1 projector: run `vltool train qwen2_5_1_5b_clip_l14_336_pretrain` first, or point
-# pretrained_pth at another pretrain checkpoint (a .pth file or a DeepSpeed checkpoint directory).
+# It starts from the last checkpoint of `vltool train qwen2_5_1_5b_clip_l14_336_pretrain` (pretrain_stage names
+# that run's config or work dir); --cfg-options pretrained_pth=PATH loads another checkpoint instead.
 from mmengine.config import read_base
 
 with read_base():
@@ -10,4 +10,4 @@ with read_base():
     from .._base_.recipes.llava_finetune import *  # noqa: F403
 
 model = dict(vision_encoder=vision_encoder, projector=projector, llm=llm, **stage)
-pretrained_pth = "work_dirs/qwen2_5_1_5b_clip_l14_336_pretrain/iter_2180.pth"
+pretrain_stage = "qwen2_5_1_5b_clip_l14_336_pretrain"

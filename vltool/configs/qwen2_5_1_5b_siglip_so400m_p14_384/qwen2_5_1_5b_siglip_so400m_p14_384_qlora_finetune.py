@@ -1,13 +1,9 @@
-# LLaVA-1.5 stage 2, QLoRA finetune (4-bit LLM) for Qwen2.5-1.5B-Instruct + SigLIP-so400m/14-384.
-# It starts from the stage-1 projector: run `vltool train qwen2_5_1_5b_siglip_so400m_p14_384_pretrain` first, or point
-# pretrained_pth at another pretrain checkpoint (a .pth file or a DeepSpeed checkpoint directory).
+# LLaVA-1.5 stage 2, QLoRA finetune for Qwen2.5-1.5B-Instruct + SigLIP so400m/14-384: the LoRA recipe with the
+# LLM loaded in 4-bit NF4 (bitsandbytes). Any LoRA recipe becomes QLoRA with
+# --cfg-options model.llm_quantization=nf4 (or int8).
 from mmengine.config import read_base
 
 with read_base():
-    from .._base_.encoders.siglip_so400m_p14_384 import *  # noqa: F403
-    from .._base_.llms.qwen2_5_1_5b_instruct import *  # noqa: F403
-    from .._base_.projectors.mlp2x_gelu import *  # noqa: F403
-    from .._base_.recipes.llava_qlora_finetune import *  # noqa: F403
+    from .qwen2_5_1_5b_siglip_so400m_p14_384_lora_finetune import *  # noqa: F403
 
-model = dict(vision_encoder=vision_encoder, projector=projector, llm=dict(**llm, **llm_quantization), **stage)
-pretrained_pth = "work_dirs/qwen2_5_1_5b_siglip_so400m_p14_384_pretrain/iter_2180.pth"
+model.update(llm_quantization="nf4")

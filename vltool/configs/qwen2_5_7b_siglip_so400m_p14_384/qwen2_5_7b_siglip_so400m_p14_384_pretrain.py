@@ -1,4 +1,4 @@
-# LLaVA-1.5 stage 1 (projector alignment, plain template) for Qwen2.5-7B-Instruct + SigLIP-so400m/14-384.
+# LLaVA-1.5 stage 1 (projector alignment, plain template) for Qwen2.5-7B-Instruct + SigLIP so400m/14-384.
 from mmengine.config import read_base
 
 with read_base():

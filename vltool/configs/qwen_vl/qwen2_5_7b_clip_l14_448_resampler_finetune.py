@@ -12,10 +12,9 @@ with read_base():
     from .._base_.runtime.default_runtime import *  # noqa: F403
     from .._base_.schedules.cosine_iter import *  # noqa: F403
 
-image_size = 448
 template = "qwen_vl"
-vision_encoder.update(image_size=image_size)
-image_processor.update(size=dict(shortest_edge=image_size), crop_size=dict(height=image_size, width=image_size))
+vision_encoder.update(image_size=448)
+image_processor.update(size=dict(shortest_edge=448), crop_size=dict(height=448, width=448))
 model = dict(
     vision_encoder=vision_encoder,
     projector=projector,
@@ -26,5 +25,5 @@ model = dict(
 )
 train_dataloader.dataset.update(dataset_format="auto")
 optim_wrapper.optimizer.update(lr=1e-5, weight_decay=0.1)
-train_cfg.update(max_iters=5200)
+train_cfg.update(max_epochs=1)
 default_hooks.checkpoint.update(interval=1000)

@@ -11,7 +11,7 @@ One question per line::
 ``--image-folder``, by default the JSONL file's folder. ``id`` defaults to the line number.
 
 - With ``options`` (``{"A": "cat", ...}`` or a list of texts lettered A, B, ...): the prompt is
-  LLaVA's multiple-choice prompt (:func:`vltool.eval.multiple_choice.build_prompt`) with one
+  LLaVA's multiple-choice prompt (:func:`vltool.templates.multiple_choice.build_prompt`) with one
   ``<image>`` marker per image, and an answer is correct when :func:`vltool.eval.extraction.extract_choice`
   (VLMEvalKit's rules) reads the right letter from it. ``answer`` is the letter or an option's exact text.
 - Without options: the prompt is the markers and the question, and an answer is correct when it equals
@@ -37,7 +37,7 @@ from vltool.eval.benchmarks.base import (
 )
 from vltool.eval.benchmarks.vqa_normalize import normalize_answer
 from vltool.eval.extraction import extract_choice
-from vltool.eval.multiple_choice import build_prompt
+from vltool.templates.multiple_choice import build_prompt
 
 REQUIRED_KEYS = ("question", "answer")
 NO_CATEGORY = "(no category)"

@@ -31,7 +31,7 @@ from vltool.eval.benchmarks.base import (
     require_keys,
 )
 from vltool.eval.extraction import extract_choice
-from vltool.eval.multiple_choice import build_prompt
+from vltool.templates.multiple_choice import build_prompt
 
 OPTION_KEYS = {"A": "choice_a", "B": "choice_b", "C": "choice_c", "D": "choice_d"}
 REQUIRED_KEYS = ("question_id", "question", *OPTION_KEYS.values(), "answer", "data_type", "data_id", "question_type_id")

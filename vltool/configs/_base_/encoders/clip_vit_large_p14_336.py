@@ -1,15 +1,13 @@
 # OpenAI CLIP ViT-L/14 at 336 px (LLaVA-1.5's encoder): 576 patches, penultimate layer, CLS dropped.
-from transformers import CLIPImageProcessor, CLIPVisionModel
+# The image processor loads from the encoder's pretrained_model_name_or_path (one key to override).
+from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 from vltool.model.vision_encoder import VisionEncoder
 
-vision_encoder_name_or_path = "openai/clip-vit-large-patch14-336"
 vision_encoder = dict(
     type=VisionEncoder,
-    model=dict(type=CLIPVisionModel.from_pretrained, pretrained_model_name_or_path=vision_encoder_name_or_path),
+    model=dict(type=CLIPVisionModel.from_pretrained, pretrained_model_name_or_path="openai/clip-vit-large-patch14-336"),
     feature_layer=-2,
     select_strategy="default",
 )
-image_processor = dict(
-    type=CLIPImageProcessor.from_pretrained, pretrained_model_name_or_path=vision_encoder_name_or_path
-)
+image_processor = dict(type=CLIPImageProcessorPil.from_pretrained)

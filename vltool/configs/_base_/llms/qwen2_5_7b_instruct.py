@@ -1,7 +1,7 @@
-# Qwen/Qwen2.5-7B-Instruct with its tokenizer and the ChatML template (Qwen2.5's default system prompt).
+# Qwen/Qwen2.5-7B-Instruct with the ChatML template (Qwen2.5's default system prompt).
+# The tokenizer loads from the LLM's pretrained_model_name_or_path (one key to override).
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-llm_name_or_path = "Qwen/Qwen2.5-7B-Instruct"
-llm = dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path=llm_name_or_path)
-tokenizer = dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=llm_name_or_path)
+llm = dict(type=AutoModelForCausalLM.from_pretrained, pretrained_model_name_or_path="Qwen/Qwen2.5-7B-Instruct")
+tokenizer = dict(type=AutoTokenizer.from_pretrained)
 template = "qwen_chat"

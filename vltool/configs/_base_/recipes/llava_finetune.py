@@ -1,5 +1,5 @@
 # LLaVA-1.5 stage 2, full: projector and LLM train, encoder frozen, lr 2e-5.
-# LLaVA-Instruct mix665k, one epoch at a global batch of 128 (8 GPUs x 16) = 5200 iterations.
+# LLaVA-Instruct mix665k, one epoch; iterations follow from the dataset, the batch and the number of GPUs.
 from mmengine.config import read_base
 
 with read_base():
@@ -9,5 +9,5 @@ with read_base():
 
 stage = dict(freeze_vision_encoder=True, freeze_projector=False, freeze_llm=False)
 optim_wrapper.optimizer.update(lr=2e-5)
-train_cfg.update(max_iters=5200)
+train_cfg.update(max_epochs=1)
 default_hooks.checkpoint.update(interval=1000)

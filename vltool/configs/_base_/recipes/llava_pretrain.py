@@ -1,5 +1,5 @@
 # LLaVA-1.5 stage 1: align the projector on image captions; encoder and LLM frozen, lr 1e-3.
-# LLaVA-Pretrain 558k, one epoch at a global batch of 256 (8 GPUs x 32) = 2180 iterations.
+# LLaVA-Pretrain 558k, one epoch; iterations follow from the dataset, the batch and the number of GPUs.
 from mmengine.config import read_base
 
 with read_base():
@@ -9,5 +9,5 @@ with read_base():
 
 stage = dict(freeze_vision_encoder=True, freeze_projector=False, freeze_llm=True)
 optim_wrapper.optimizer.update(lr=1e-3)
-train_cfg.update(max_iters=2180)
+train_cfg.update(max_epochs=1)
 default_hooks.checkpoint.update(interval=500)

@@ -1,6 +1,6 @@
-# AdamW with linear warmup then cosine decay, counted in iterations. vltool builds the two
-# mmengine schedulers from `lr_schedule` and `train_cfg.max_iters`, so overriding
-# `train_cfg.max_iters` alone rescales the whole schedule.
+# AdamW with linear warmup then cosine decay, counted in iterations. `train_cfg.max_epochs` is
+# turned into iterations when the dataset is built (samples / (per-device batch x processes));
+# `train_cfg.max_iters` overrides it. The two mmengine schedulers follow that length.
 from torch.optim import AdamW
 
 precision = "bf16"  # autocast dtype on a GPU; CPU runs always use fp32
@@ -11,4 +11,4 @@ optim_wrapper = dict(
     accumulative_counts=1,
 )
 lr_schedule = dict(warmup_ratio=0.03, min_lr_ratio=0.0)
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=1000)
+train_cfg = dict(type="IterBasedTrainLoop", max_epochs=1)
