@@ -69,8 +69,12 @@ def test_the_dev_set_is_scored_by_circular_eval(dev_tsv, tmp_path):
     assert runner.message_hub.get_info("heldout_accuracy") == 1.0
     assert runner.message_hub.get_info("heldout_vanilla_accuracy") == 1.0
     lines = runner.logger.lines
-    assert lines[:3] == [f"held-out accuracy [{kind}]: circular 100.0%, vanilla 100.0%" for kind in ("colour", "position", "shape")]
-    assert lines[-1].startswith("held-out circular accuracy 100.0% (vanilla 100.0%) on 24 questions (dev.tsv, 96 prompts")
+    assert lines[:3] == [
+        f"held-out accuracy [{kind}]: circular 100.0%, vanilla 100.0%" for kind in ("colour", "position", "shape")
+    ]
+    assert lines[-1].startswith(
+        "held-out circular accuracy 100.0% (vanilla 100.0%) on 24 questions (dev.tsv, 96 prompts"
+    )
     assert lines[-1].endswith("chance is 0.4% (vanilla 25%)")
 
 
@@ -89,4 +93,3 @@ def test_vanilla_alone_when_asked(dev_tsv, tmp_path):
     assert pipeline.prompts == 24 and summary["mode"] == "vanilla" and summary["accuracy"] == 1.0
     assert runner.logger.lines[-1].startswith("held-out accuracy 100.0% on 24 questions (dev.tsv, vanilla")
     assert runner.logger.lines[0] == "held-out accuracy [colour]: 100.0%"
-

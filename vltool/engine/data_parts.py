@@ -30,6 +30,7 @@ from vltool.templates import Template, load_template
 if TYPE_CHECKING:  # the model builder imports peft and bitsandbytes, which the dataset commands never need
     from vltool.model.builder import Parts
 
+
 @dataclass
 class DataParts:
     """What tokenising and loading the training data needs from the model.

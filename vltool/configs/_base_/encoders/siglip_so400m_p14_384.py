@@ -6,7 +6,9 @@ from vltool.model.vision_encoder import VisionEncoder
 
 vision_encoder = dict(
     type=VisionEncoder,
-    model=dict(type=SiglipVisionModel.from_pretrained, pretrained_model_name_or_path="google/siglip-so400m-patch14-384"),
+    model=dict(
+        type=SiglipVisionModel.from_pretrained, pretrained_model_name_or_path="google/siglip-so400m-patch14-384"
+    ),
     feature_layer=-1,
     select_strategy="full",
 )
