@@ -35,6 +35,10 @@ FREE_QUESTIONS = {
 }
 MC_WEIGHTS = (0.25, 0.45, 0.3)  # colour, shape, position: shape is the slowest to learn
 STAMP = "demo_dataset.json"
+VERSION = 3
+"""The generator's version, kept in the stamp: a dataset an older one wrote is rewritten.
+
+3: options shuffled, answered with the option's text."""
 
 
 def draw_shape(colour: str, shape: str, position: str, size: int, rng: random.Random) -> Image.Image:
@@ -71,28 +75,47 @@ def _free_answer(kind: str, value: str) -> str:
     return value.capitalize() + "."
 
 
-def _mc_turn(kind: str, attrs: dict[str, str]) -> tuple[str, str]:
-    question, options, _ = MC_QUESTIONS[kind]
-    letters = dict(zip("ABCD", options, strict=False))
-    answer = next(letter for letter, text in letters.items() if text == attrs[kind])
-    return build_prompt(question, letters), answer
+def shuffled_options(kind: str, attrs: dict[str, str], rng: random.Random) -> tuple[dict[str, str], str]:
+    """The options of a ``kind`` question in a random order (letter -> text) and the right letter.
+
+    Every question lists its options in a fresh order, so the letter says nothing about the
+    answer: only reading the options and the picture does.
+    """
+    _, options, _ = MC_QUESTIONS[kind]
+    order = rng.sample(options, len(options))
+    return dict(zip("ABCD", order, strict=True)), "ABCD"[order.index(attrs[kind])]
 
 
-def _training_record(index: int, image: str, attrs: dict[str, str], rng: random.Random) -> dict:
-    """One multiple-choice question (80%), one free-form question (10%), or a multi-turn conversation.
+def _mc_turn(kind: str, attrs: dict[str, str], rng: random.Random) -> tuple[str, str]:
+    """A multiple-choice question (options shuffled) answered with the right option's text ("Top left.").
 
-    The multi-turn one (10%) is a multiple-choice question, then a free-form one about the same image.
+    Not with its letter: finding which letter a shuffled option carries is an in-context lookup
+    (an induction-style circuit over the option lines) that the demo's random 2-layer LLM does not
+    learn within minutes (docs/benchmarks.md). VLMEvalKit's rules read an answer that names
+    exactly one option as that option, so the held-out score counts the same.
+    """
+    letters, _ = shuffled_options(kind, attrs, rng)
+    return build_prompt(MC_QUESTIONS[kind][0], letters), _free_answer(kind, attrs[kind])
+
+
+def _training_record(
+    index: int, image: str, attrs: dict[str, str], rng: random.Random, mc_fraction: float, free_fraction: float
+) -> dict:
+    """One multiple-choice question, one free-form question, or a multi-turn conversation.
+
+    The multi-turn one (the rest, after ``mc_fraction`` and ``free_fraction``) is a multiple-choice
+    question, then a free-form one about the same image.
     """
     kinds = list(FREE_QUESTIONS)
     style = rng.random()
-    if style < 0.8:
-        turns = [_mc_turn(rng.choices(kinds, weights=MC_WEIGHTS)[0], attrs)]
-    elif style < 0.9:
+    if style < mc_fraction:
+        turns = [_mc_turn(rng.choices(kinds, weights=MC_WEIGHTS)[0], attrs, rng)]
+    elif style < mc_fraction + free_fraction:
         kind = rng.choice(kinds)
         turns = [(f"{IMAGE_TOKEN}\n{FREE_QUESTIONS[kind]}", _free_answer(kind, attrs[kind]))]
     else:
         first, second = rng.sample(kinds, 2)
-        turns = [_mc_turn(first, attrs), (FREE_QUESTIONS[second], _free_answer(second, attrs[second]))]
+        turns = [_mc_turn(first, attrs, rng), (FREE_QUESTIONS[second], _free_answer(second, attrs[second]))]
     conversations = []
     for question, answer in turns:
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
@@ -119,18 +142,34 @@ def write_demo_dataset(
     image_size: int = 64,
     text_fraction: float = 0.05,
     seed: int = 0,
+    mc_fraction: float = 0.8,
+    free_fraction: float = 0.1,
 ) -> None:
     """Write ``train.json`` + ``images/`` and ``dev.tsv`` under ``data_root`` unless already there.
 
     A stamp file records the arguments; a dataset written with other arguments is rewritten.
+
+    Args:
+        data_root: the folder.
+        num_train: training samples.
+        num_eval: held-out questions in ``dev.tsv`` (colour, shape and position in turn).
+        image_size: pictures are square, this many pixels wide.
+        text_fraction: training samples without a picture (arithmetic).
+        seed: the generator's seed (``dev.tsv`` uses ``seed + 1``).
+        mc_fraction: picture samples that are one multiple-choice question (options shuffled).
+        free_fraction: picture samples that are one free-form question; the rest are a
+            multiple-choice question followed by a free-form one.
     """
     root = Path(data_root)
     settings = {
+        "version": VERSION,
         "num_train": num_train,
         "num_eval": num_eval,
         "image_size": image_size,
         "text_fraction": text_fraction,
         "seed": seed,
+        "mc_fraction": mc_fraction,
+        "free_fraction": free_fraction,
     }
     if is_written(root / STAMP, settings):
         return
@@ -145,7 +184,7 @@ def write_demo_dataset(
         attrs = random_attributes(rng)
         name = f"images/{index:06d}.png"
         draw_shape(size=image_size, rng=rng, **attrs).save(root / name)
-        records.append(_training_record(index, name, attrs, rng))
+        records.append(_training_record(index, name, attrs, rng, mc_fraction, free_fraction))
     (root / "train.json").write_text(json.dumps(records, indent=1))
     _write_dev_tsv(root / "dev.tsv", num_eval, image_size, random.Random(seed + 1))
     (root / STAMP).write_text(json.dumps(settings))
@@ -155,8 +194,9 @@ def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Rando
     rows = []
     for index in range(num_eval):
         kind = list(MC_QUESTIONS)[index % len(MC_QUESTIONS)]
-        question, options, l2 = MC_QUESTIONS[kind]
+        question, _, l2 = MC_QUESTIONS[kind]
         attrs = random_attributes(rng)
+        letters, answer = shuffled_options(kind, attrs, rng)
         buffer = io.BytesIO()
         draw_shape(size=image_size, rng=rng, **attrs).save(buffer, format="PNG")
         rows.append(
@@ -164,8 +204,8 @@ def _write_dev_tsv(path: Path, num_eval: int, image_size: int, rng: random.Rando
                 "index": index,
                 "question": question,
                 "hint": "",
-                **dict(zip("ABCD", options, strict=False)),
-                "answer": "ABCD"[options.index(attrs[kind])],
+                **letters,
+                "answer": answer,
                 "category": kind,
                 "l2-category": l2,
                 "split": "dev",

@@ -22,9 +22,9 @@ with read_base():
 data_root = "data/vltool_demo"
 image_size = 64
 batch_size = 32
-max_iters = 750
+max_iters = 700
 lr = 1e-3
-seed = 0
+seed = 1
 
 # ---------------- model ----------------
 template = "qwen_chat"
