@@ -99,7 +99,7 @@ custom_hooks.append(
         type=SampleAnswersHook,
         prompts=["What colour is the shape?", "What shape do you see?"],
         images=[f"{data_root}/images/000000.png", f"{data_root}/images/000001.png"],
-        every_n_iters=250,
+        every_n_iters=175,
         max_new_tokens=16,
     )
 )
