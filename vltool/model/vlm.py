@@ -106,10 +106,28 @@ class VisionLanguageModel(nn.Module):
         """
         embeds = self.llm.get_input_embeddings()(input_ids)  # [batch, seq, hidden]
         if pixel_values is None:
-            return embeds
+            return self._touch_vision_path(embeds)
         features = self.encode_images(pixel_values).to(embeds.dtype)  # [n, tokens, hidden]
         mask = (input_ids == self.image_token_id).unsqueeze(-1)  # [batch, seq, 1]
         return embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]))
+
+    def _touch_vision_path(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``embeds`` ``[batch, seq, hidden]`` plus zero times a blank image's features, when the vision path trains.
+
+        A batch without images would otherwise leave the encoder and projector out of the
+        graph: with the LLM frozen (projector alignment on mixed data) its loss has no gradient
+        at all and ``backward`` fails, and under DDP or ZeRO the ranks would disagree on which
+        parameters received gradients. Running one blank image through them, weighted zero (as
+        Qwen-VL does), gives every trainable parameter a gradient, zero, on every rank and
+        changes no value. Generation and frozen vision paths skip it.
+        """
+        vision_params = [*self.vision_encoder.parameters(), *self.projector.parameters()]
+        if not (torch.is_grad_enabled() and any(param.requires_grad for param in vision_params)):
+            return embeds
+        size = self.vision_encoder.image_size
+        blank = torch.zeros(1, 3, size, size, device=embeds.device)
+        features = self.encode_images(blank)  # [1, tokens, hidden]
+        return embeds + features.sum().to(embeds.dtype) * 0.0
 
     def forward(
         self,
