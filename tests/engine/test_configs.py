@@ -18,7 +18,8 @@ from vltool.build import resolve_type
 from vltool.constants import IGNORE_INDEX
 from vltool.data.dataset import VisionLanguageDataset
 from vltool.engine.config import copy_config, list_configs, load_config, resolve_config
-from vltool.engine.runner import _param_scheduler_cfg, optim_wrapper_cfg
+from vltool.engine.precision import optim_wrapper_cfg
+from vltool.engine.runner import _param_scheduler_cfg
 from vltool.errors import ConfigError
 from vltool.model.builder import build_parts
 from vltool.model.tokenizer import load_qwen2_tokenizer

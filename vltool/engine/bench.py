@@ -25,7 +25,8 @@ from vltool.data.packing import pack_collate
 from vltool.engine.data_parts import build_data_parts, build_train_dataset, prepare_data
 from vltool.engine.flops import peak_flops, training_flops
 from vltool.engine.model import TrainingModel
-from vltool.engine.runner import dataloader_cfg, optim_wrapper_cfg
+from vltool.engine.precision import optim_wrapper_cfg
+from vltool.engine.runner import dataloader_cfg
 from vltool.errors import ConfigError
 from vltool.model.builder import build_seeded_parts
 

@@ -126,6 +126,11 @@ def fill_deepspeed_config(ds_config: dict[str, Any], cfg: Config, on_gpu: bool) 
     return ds
 
 
+def half_precision(ds_config: dict[str, Any]) -> bool:
+    """Whether a filled DeepSpeed config trains in bf16 or fp16 (DeepSpeed then keeps fp32 master weights)."""
+    return any(ds_config.get(key, {}).get("enabled", False) for key in ("bf16", "fp16"))
+
+
 def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in tree.items():
         if isinstance(value, dict):

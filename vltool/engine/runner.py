@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 from mmengine.dist import get_world_size, is_distributed
-from mmengine.logging import print_log
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
+from mmengine.optim import CosineAnnealingLR, LinearLR
 from mmengine.runner import Runner
 
 from vltool.build import build, resolve_type
@@ -26,14 +25,13 @@ from vltool.engine.console import QuietFlexibleRunner, QuietRunner
 from vltool.engine.data_parts import DataParts, build_train_dataset, dataset_prepare_timeout, prepare_data
 from vltool.engine.launch import init_distributed, resolve_launcher
 from vltool.engine.model import TrainingModel
+from vltool.engine.precision import check_precision, optim_wrapper_cfg, prepare_for_training
 from vltool.engine.schedule import resolve_train_length
 from vltool.engine.stages import pretrained_checkpoint
 from vltool.errors import ConfigError
 from vltool.infer.pipeline import Pipeline
 from vltool.model.builder import Parts, build_seeded_parts
 from vltool.model.quantization import quantization_settings
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: int) -> dict[str, Any]:
@@ -48,21 +46,6 @@ def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: in
     collate = dict(loader.pop("collate_fn", None) or dict(type=pad_collate))
     loader["collate_fn"] = partial(resolve_type(collate.pop("type")), pad_token_id=pad_token_id, **collate)
     return loader
-
-
-def optim_wrapper_cfg(cfg: Config) -> dict[str, Any]:
-    """fp32 ``OptimWrapper`` on CPU; autocast ``AmpOptimWrapper`` in the config's precision on GPU."""
-    wrapper = dict(cfg.optim_wrapper)
-    precision = cfg.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
-    if precision != "fp32" and torch.cuda.is_available():
-        wrapper.update(type=AmpOptimWrapper, dtype=PRECISIONS[precision])
-    else:
-        if precision != "fp32":
-            print_log(f"precision={precision} needs a GPU; training in fp32 on the CPU.", logger="current")
-        wrapper.setdefault("type", OptimWrapper)
-    return wrapper
 
 
 def _param_scheduler_cfg(cfg: Config) -> list[dict[str, Any]]:
@@ -154,6 +137,8 @@ def build_runner(
     config_name = Path(cfg.filename).stem if cfg.filename else "vltool"
     cfg.work_dir = work_dir or cfg.get("work_dir") or str(Path("work_dirs") / config_name)
     check_gpu_only_options(cfg)
+    precision = cfg.get("precision", "fp32")
+    check_precision(precision)
     resume = resume or _config_resume(cfg)
     resume_from = find_resume_checkpoint(cfg.work_dir, resume) if resume else None
     # resuming restores every trained weight, so the previous stage's checkpoint is not needed then
@@ -172,6 +157,8 @@ def build_runner(
     broadcast_from_rank0(partial(prepare_data, cfg), dataset_prepare_timeout(cfg), DATASET_PREPARE_TIMEOUT_KEY)
     with ds.zero3_build_context(ds_config) if ds_config else nullcontext():
         parts = build_seeded_parts(cfg)
+    # before pretrained_pth loads, so that a previous stage's fp32 weights arrive whole
+    prepare_for_training(parts.model, precision, deepspeed_half=ds_config is not None and ds.half_precision(ds_config))
     # packed batches: attention that keeps samples apart, chosen for this LLM only (or refused)
     parts.model.use_attention_for((cfg.train_dataloader.get("collate_fn") or {}).get("type"))
     if pretrained:
