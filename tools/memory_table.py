@@ -18,9 +18,10 @@ LoRA and QLoRA run in one process without DeepSpeed and are simple byte counts:
   dtype of its checkpoint), and 16 B per trainable parameter for the adapters and the projector
   (fp32 weight, fp32 gradient, two fp32 Adam moments; PEFT keeps adapters in fp32).
 - QLoRA: the LLM's decoder linear layers in 4-bit NF4 with double quantisation (0.5 B per
-  weight plus one 8-bit absmax per 64 weights and one fp32 absmax per 256 blocks); every other
-  LLM parameter (embedding table, untied LM head, norms, biases) in fp32, because PEFT's
-  ``prepare_model_for_kbit_training`` upcasts them; encoder, adapters and projector as for LoRA.
+  weight plus one 8-bit absmax per 64 weights and one fp32 absmax per 256 blocks); the frozen
+  embedding table and untied LM head in bf16 (vltool casts them back after PEFT's
+  ``prepare_model_for_kbit_training`` upcasts them); norms and biases in fp32, as PEFT leaves
+  them; encoder, adapters and projector as for LoRA.
 """
 
 from dataclasses import dataclass
@@ -113,8 +114,9 @@ def lora(llm: Qwen2) -> tuple[float, int]:
 
 def qlora(llm: Qwen2) -> tuple[float, int]:
     trainable = llm.lora_params(QLORA_RANK) + projector_params(llm)
-    unquantised = llm.params - llm.linear_weights  # embeddings, LM head, norms, biases: fp32
-    base = NF4_BYTES * llm.linear_weights + 4 * unquantised
+    tables = llm.embedding * (1 if llm.tied else 2)  # frozen, kept in bf16 (vltool.model.lora)
+    small = llm.params - llm.linear_weights - tables  # norms and biases, upcast to fp32 by PEFT
+    base = NF4_BYTES * llm.linear_weights + 2 * tables + 4 * small
     return base + 4 * CLIP_L14_336_PARAMS + 16 * trainable, trainable
 
 
