@@ -9,7 +9,8 @@ steps, so the loop itself has no host-device sync beyond what training has.
 
 import resource
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from vltool.data.packing import pack_collate
 from vltool.engine.data_parts import build_data_parts, build_train_dataset, prepare_data
 from vltool.engine.flops import peak_flops, training_flops
 from vltool.engine.model import TrainingModel
-from vltool.engine.precision import optim_wrapper_cfg
+from vltool.engine.precision import optim_wrapper_cfg, prepare_for_training
 from vltool.engine.runner import dataloader_cfg
 from vltool.errors import ConfigError
 from vltool.model.builder import build_seeded_parts
@@ -50,6 +51,10 @@ class BenchResult:
         first_loss: the loss of the first warm-up step (the same batch in every mode).
         flops: model FLOPs of the timed steps (useful work, :func:`vltool.engine.flops.training_flops`).
         peak_flops: the device's peak FLOP/s, on a GPU in the table (else None).
+        peak_reserved: bytes: peak memory the CUDA caching allocator held (GPU only; else None).
+        attention: the LLM's attention implementation during the run (``vltool_segment_sdpa``,
+            ``flash_attention_2``, ...).
+        trainable: trainable parameters by dtype name (``{"float32": 494_032_768}``).
     """
 
     mode: str
@@ -64,6 +69,9 @@ class BenchResult:
     first_loss: float
     flops: float
     peak_flops: float | None
+    peak_reserved: int | None = None
+    attention: str = ""
+    trainable: dict[str, int] = field(default_factory=dict)
 
     @property
     def padding_fraction(self) -> float:
@@ -115,13 +123,19 @@ def run_bench(cfg: Config, dataset: VisionLanguageDataset, mode: str, steps: int
     loader = Runner.build_dataloader(loader_cfg, seed=cfg.get("randomness", {}).get("seed", 0))
     if len(loader) < warmup + steps:
         raise ConfigError(f"the dataset has {len(loader)} batches; --steps {steps} needs {warmup + steps}.")
+    prepare_for_training(parts.model, cfg.get("precision", "fp32"))  # the dtypes training gives each weight
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = TrainingModel(parts.model).to(device)
     optim_wrapper = build_optim_wrapper(model, optim_wrapper_cfg(cfg))
     pad_id = parts.tokenizer.pad_token_id
-    return _timed_steps(
+    result = _timed_steps(
         model, optim_wrapper, iter(loader), mode, steps, warmup, pad_id, cfg.train_dataloader.batch_size
     )
+    trainable = Counter()
+    for param in model.parameters():
+        if param.requires_grad:
+            trainable[str(param.dtype).removeprefix("torch.")] += param.numel()
+    return replace(result, attention=parts.model.llm.config._attn_implementation, trainable=dict(trainable))
 
 
 def _with_collate(keywords: dict, collate: object) -> object:
@@ -181,6 +195,7 @@ def _timed_steps(
         first_loss=first_loss,
         flops=flops,
         peak_flops=device_peak,
+        peak_reserved=torch.cuda.max_memory_reserved() if cuda else None,
     )
 
 
