@@ -11,14 +11,15 @@ from vltool.engine.runner import build_runner, check_gpu_only_options
 from vltool.errors import ConfigError
 
 
-def tiny_demo(tmp_path, seed):
+def tiny_demo_cfg(tmp_path, *options: str, answer: str = "Red."):
+    """The demo config on eight copies of one red-image sample, without hooks, data preparation or logging."""
     Image.new("RGB", (64, 64), "red").save(tmp_path / "r.png")
     record = {
         "image": "r.png",
-        "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}],
+        "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": answer}],
     }
     (tmp_path / "d.json").write_text(json.dumps([record] * 8))
-    cfg = load_config(
+    return load_config(
         "demo",
         [
             f"train_dataloader.dataset.data_path={tmp_path / 'd.json'}",
@@ -27,10 +28,13 @@ def tiny_demo(tmp_path, seed):
             "train_dataloader.batch_size=4",
             "custom_hooks=[]",
             "data_preparation=None",
-            f"randomness.seed={seed}",
+            *options,
         ],
     )
-    return build_runner(cfg, str(tmp_path / f"work{seed}"))
+
+
+def tiny_demo(tmp_path, seed):
+    return build_runner(tiny_demo_cfg(tmp_path, f"randomness.seed={seed}"), str(tmp_path / f"work{seed}"))
 
 
 def test_same_seed_same_initial_weights_and_checkpoint_holds_trainable_only(tmp_path):

@@ -1,14 +1,11 @@
 """Weights that train are fp32 whatever dtype their checkpoint has, so small updates are not rounded away."""
 
-import json
-
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_qwen2
-from vltool.engine.config import load_config
+from tests.engine.test_runner import tiny_demo_cfg
 from vltool.engine.precision import cast_for_training
 from vltool.engine.runner import build_runner
 
@@ -25,29 +22,11 @@ def saved_llms(tmp_path_factory):
 
 
 def runner_for(llm_dir, tmp_path, name):
-    Image.new("RGB", (64, 64), "red").save(tmp_path / "r.png")
-    record = {
-        "image": "r.png",
-        "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red, a warm one."}],
-    }
-    (tmp_path / "d.json").write_text(json.dumps([record] * 4))
-    cfg = load_config(
-        "demo",
-        [
-            f"train_dataloader.dataset.data_path={tmp_path / 'd.json'}",
-            f"train_dataloader.dataset.image_folder={tmp_path}",
-            "train_cfg.max_iters=1",
-            "train_dataloader.batch_size=4",
-            "optim_wrapper.optimizer.lr=1e-5",
-            "custom_hooks=[]",
-            "data_preparation=None",
-            "precision=bf16",
-            "model.freeze_llm_input_embeddings=False",
-        ],
-    )
-    cfg.model.llm = dict(
-        type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=str(llm_dir)
-    )
+    """A runner for one demo step at lr 1e-5 whose LLM loads from ``llm_dir``; every part trains."""
+    options = ("train_cfg.max_iters=1", "optim_wrapper.optimizer.lr=1e-5", "precision=bf16")
+    cfg = tiny_demo_cfg(tmp_path, *options, "model.freeze_llm_input_embeddings=False", answer="Red, a warm one.")
+    llm = dict(type="transformers.AutoModelForCausalLM.from_pretrained", pretrained_model_name_or_path=str(llm_dir))
+    cfg.model.llm = llm
     return build_runner(cfg, str(tmp_path / name))
 
 
