@@ -86,6 +86,19 @@ class ResamplerProjector(nn.Module):
     Queries and keys carry 2-D sin-cos positions (queries on a ``sqrt(num_queries)`` grid, keys
     on the patch grid), so any patch count maps to exactly ``num_queries`` tokens.
 
+    vltool's own projector in Qwen-VL's shape, trained from scratch; it is not Qwen-VL's
+    resampler and does not reproduce it. For the original, loaded from a Qwen-VL-Chat checkpoint
+    and equal to it in numbers, use :class:`vltool.model.qwen_vl_visual.QwenVLVisualEncoder`.
+    The differences from Qwen-VL's ``attn_pool``:
+
+    - key positions are computed fresh for the patch grid; Qwen-VL bicubic-resizes its stored
+      16x16 table (``pos_embed``) to the grid, which gives other values at 32x32;
+    - :func:`sincos_2d` puts the row features first; Qwen-VL's table has the column features
+      first (MAE's ``meshgrid(w, h)``);
+    - LayerNorm eps is PyTorch's 1e-5; Qwen-VL's is 1e-6;
+    - the ``qwen_vl`` recipe preprocesses CLIP-style (shortest edge to 448, then a 448 centre
+      crop); Qwen-VL squashes the whole image to 448x448 (bicubic, no crop).
+
     Args:
         in_features: vision feature width.
         out_features: LLM embedding width (also the attention width).
