@@ -14,6 +14,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from tests.model.test_blip2_encoder import tiny_blip2_config
 from vltool.build import resolve_type
 from vltool.constants import IGNORE_INDEX
 from vltool.data.dataset import VisionLanguageDataset
@@ -21,6 +22,7 @@ from vltool.engine.config import copy_config, list_configs, load_config, resolve
 from vltool.engine.precision import optim_wrapper_cfg
 from vltool.engine.runner import _param_scheduler_cfg
 from vltool.errors import ConfigError
+from vltool.model.blip2_encoder import Blip2VisionQFormer
 from vltool.model.builder import build_parts
 from vltool.model.tokenizer import load_qwen2_tokenizer
 
@@ -39,6 +41,11 @@ def make_tiny(cfg, saved_llm=None):
     """Swap hub checkpoints for tiny random parts of the same classes (a saved tiny LLM where one is given)."""
     model_type = resolve_type(cfg.model.vision_encoder.model.type)  # a dumped copy names types as strings
     encoder_class = getattr(model_type, "__self__", model_type)
+    if encoder_class is Blip2VisionQFormer:  # BLIP-2's own geometry (224 px, 32 queries), tiny widths
+        cfg.model.vision_encoder.model = dict(type=Blip2VisionQFormer.from_config, config=tiny_blip2_config())
+        cfg.model.llm = dict(type=Qwen2ForCausalLM, config=tiny_qwen2_config())
+        cfg.tokenizer = dict(type=load_qwen2_tokenizer)
+        return cfg
     if encoder_class is SiglipVisionModel:
         config = SiglipVisionConfig(image_size=32, **TINY_VISION)
         cfg.image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
@@ -78,13 +85,16 @@ def test_recipe_loads_and_builds_tiny(name, saved_qwen2):
         assert any("lora_" in n for n, p in model.llm.named_parameters() if p.requires_grad)
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.llm.modules()) == ("qlora" in name)
         assert not model.llm.get_input_embeddings().weight.requires_grad
-    assert ("llm" in trainable) == (not name.endswith("pretrain") and "linear" not in name)
+    frozen_llm = name.endswith("pretrain") or "linear" in name or name.startswith("minigpt4qwen")
+    assert ("llm" in trainable) == (not frozen_llm)
     n_tokens = model.image_seq_length
-    assert n_tokens == (256 if "resampler" in name else 16)
+    blip2 = name.startswith("minigpt4qwen_")
+    assert n_tokens == (256 if "resampler" in name else 32 if blip2 else 16)
     input_ids = torch.tensor([[151644] + [model.image_token_id] * n_tokens + [1000, 1001, 1002]])
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[0, -2:] = input_ids[0, -2:]
-    pixels = torch.randn(1, 3, *(48, 48) if "resampler" in name else (32, 32))
+    size = 48 if "resampler" in name else 224 if blip2 else 32
+    pixels = torch.randn(1, 3, size, size)
     loss = model.loss(input_ids, labels, pixel_values=pixels)
     assert torch.isfinite(loss)
     loss.backward()

@@ -49,12 +49,19 @@ def dataloader_cfg(cfg: Config, dataset: VisionLanguageDataset, pad_token_id: in
 
 
 def _param_scheduler_cfg(cfg: Config) -> list[dict[str, Any]]:
-    """Linear warmup then cosine decay over ``train_cfg.max_iters`` (unless the config lists its own)."""
+    """Linear warmup then cosine decay over ``train_cfg.max_iters`` (unless the config lists its own).
+
+    The warmup is ``lr_schedule.warmup_iters`` iterations when set (a fixed count, as BLIP-2-style
+    recipes give it; at most half the run), else ``warmup_ratio`` of the run.
+    """
     if cfg.get("param_scheduler"):
         return cfg.param_scheduler
     schedule = cfg.get("lr_schedule", {})
     max_iters = cfg.train_cfg.max_iters
-    warmup = round(schedule.get("warmup_ratio", 0.03) * max_iters)
+    if schedule.get("warmup_iters") is not None:
+        warmup = min(int(schedule["warmup_iters"]), max_iters // 2)
+    else:
+        warmup = round(schedule.get("warmup_ratio", 0.03) * max_iters)
     warmup = warmup if warmup >= 2 else 0  # a 1-iteration warmup would leave the lr at its start factor
     lr = cfg.optim_wrapper.optimizer.lr
     cosine = dict(

@@ -29,6 +29,10 @@ class Template:
         image: how one image renders; ``<image>`` stands for its visual tokens.
         stop_words: strings that end generation.
         drop_user_text: keep only the images of user turns (LLaVA's pretraining format).
+        final_reply_header: text between the assistant header and the reply for the last
+            assistant turn only, when it follows a user turn, and at the end of a generation
+            prompt; not learned. Qwen3 marks non-thinking replies this way (an empty think
+            block) while earlier replies in the history render without it.
     """
 
     name: str
@@ -42,12 +46,15 @@ class Template:
     image: str
     stop_words: tuple[str, ...]
     drop_user_text: bool = False
+    final_reply_header: str = ""
 
     def render(self, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
         """Render a conversation.
 
         A conversation that ends with a user turn renders as a generation prompt: the user
-        format already ends with the header that opens the assistant's reply.
+        format already ends with the header that opens the assistant's reply, and
+        ``final_reply_header`` follows it. The last reply gets the same header when a user turn
+        precedes it, so a trained conversation reads as its generation prompt plus the reply.
 
         Args:
             messages: turns; an optional leading system turn, then user/assistant turns.
@@ -63,7 +70,9 @@ class Template:
             text += self.system.replace("{system}", system)
         spans: list[tuple[int, int]] = []
         image_number = 0
-        for message in messages:
+        # only the reply after the last user turn gets the header (Qwen3 renders older replies without it)
+        final_reply = len(messages) - 1 if any(m.role == "user" for m in messages) else -1
+        for index, message in enumerate(messages):
             raw = message.content
             if message.role == "user" and self.drop_user_text:
                 raw = IMAGE_TOKEN * raw.count(IMAGE_TOKEN)
@@ -71,10 +80,14 @@ class Template:
             if message.role == "user":
                 text += self.user.replace("{input}", content)
             else:
+                if index == final_reply:
+                    text += self.final_reply_header
                 start = len(text)
                 text += self.assistant.replace("{output}", content)
                 spans.append((start, len(text)))
                 text += self.separator
+        if messages and messages[-1].role == "user":
+            text += self.final_reply_header
         return text, spans
 
     def _render_images(self, content: str, first: int) -> tuple[str, int]:

@@ -1,5 +1,7 @@
 # A MiniGPT4Qwen-style model: frozen CLIP ViT-L/14-336 and frozen Qwen2.5-7B-Instruct joined by
 # a single linear projector, trained in one stage on instruction data (no caption pretraining).
+# An approximation (CLIP in place of BLIP-2's ViT + Q-Former, 576 tokens per image in place of 32); the
+# recipe with MiniGPT4Qwen's own parts is minigpt4qwen_qwen2_5_7b.
 from mmengine.config import read_base
 
 with read_base():
