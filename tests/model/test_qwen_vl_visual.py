@@ -25,6 +25,8 @@ from vltool.model.lora import add_lora
 from vltool.model.projectors import MLPProjector
 from vltool.model.qwen_vl_visual import QwenVLVisionTransformer, QwenVLVisualConfig, QwenVLVisualEncoder
 from vltool.model.qwen_vl_weights import PREFIX, load_qwen_vl_visual, visual_shards
+from vltool.model.tokenizer import add_image_token
+from vltool.model.vlm import VisionLanguageModel
 
 RESULT = "RESULT "
 FIXTURE = ASSETS / "qwen-vl-visual"
@@ -267,3 +269,21 @@ def test_zero3_loads_into_partitions_and_trains_lora():
 
 if __name__ == "__main__":
     zero3_rank()
+
+
+def test_fix_vit_trains_the_resampler_only(tokenizer):
+    """Qwen-VL's fix_vit: the ViT frozen, its attention-pool resampler trains (``model.train_vision_modules``)."""
+    block = json.loads((FIXTURE / "config.json").read_text())
+    block = block.get("visual", block)
+    vlm = VisionLanguageModel(
+        QwenVLVisualEncoder(QwenVLVisionTransformer(QwenVLVisualConfig.from_dict(block))),
+        MLPProjector(block["output_dim"], 64, depth=2),
+        Qwen2ForCausalLM(tiny_qwen2_config()),
+        image_token_id=add_image_token(tokenizer),
+        freeze_vision_encoder=True,
+        train_vision_modules=["model.attn_pool"],
+    )
+    trained = {name.split(".")[1] for name, p in vlm.vision_encoder.named_parameters() if p.requires_grad}
+    assert trained == {"attn_pool"}
+    with pytest.raises(ConfigError, match="no submodule 'model.pool'"):
+        VisionLanguageModel(vlm.vision_encoder, vlm.projector, vlm.llm, 1, train_vision_modules=["model.pool"])

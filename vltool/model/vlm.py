@@ -1,6 +1,6 @@
 """``VisionLanguageModel``: vision encoder -> projector -> image embeddings spliced into the LLM's input."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 from vltool.build import resolve_type
 from vltool.data.collate import supervised_positions
 from vltool.data.packing import pack_collate
+from vltool.errors import ConfigError
 from vltool.model.head_loss import head_loss
 from vltool.model.segment_attention import SEGMENTS_KWARG, packed_attention_path, select_packed_attention
 from vltool.model.vision_encoder import VisionEncoder
@@ -29,6 +30,9 @@ class VisionLanguageModel(nn.Module):
         freeze_llm_input_embeddings: keep the LLM's input embedding table fixed while the rest
             trains. With a 152k vocabulary the table's dense gradient is the costliest part of a
             small model's backward pass; the LM head still trains when embeddings are untied.
+        train_vision_modules: submodules of the encoder (dotted names under it, e.g.
+            ``model.attn_pool``) that train although ``freeze_vision_encoder`` is set: Qwen-VL's
+            ``fix_vit`` freezes its ViT but trains the resampler.
         loss_chunk_size: the most learned positions whose LM-head logits exist at once in the
             loss (:func:`vltool.model.head_loss.head_loss`).
     """
@@ -43,6 +47,7 @@ class VisionLanguageModel(nn.Module):
         freeze_projector: bool = False,
         freeze_llm: bool = True,
         freeze_llm_input_embeddings: bool = False,
+        train_vision_modules: Sequence[str] = (),
         loss_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
@@ -56,6 +61,11 @@ class VisionLanguageModel(nn.Module):
                 part.requires_grad_(False)
         if freeze_llm_input_embeddings:
             llm.get_input_embeddings().requires_grad_(False)
+        for name in train_vision_modules:
+            try:
+                vision_encoder.get_submodule(name).requires_grad_(True)
+            except AttributeError:
+                raise ConfigError(f"model.train_vision_modules: the encoder has no submodule '{name}'.") from None
 
     @property
     def image_seq_length(self) -> int:
