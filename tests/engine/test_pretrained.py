@@ -4,8 +4,11 @@ import subprocess
 
 import pytest
 import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from tests.engine.train_runs import train_options, vltool_command, write_colour_dataset
+from tests.engine.zero_runs import run_ranks
+from vltool.engine import safe_load
 from vltool.engine.checkpoint import load_pretrained
 from vltool.engine.config import load_config
 from vltool.errors import ConfigError
@@ -62,3 +65,31 @@ def test_a_damaged_checkpoint_is_one_clear_error(vlm, tmp_path):
     damaged.write_bytes(b"garbage")
     with pytest.raises(ConfigError, match=r"cut.pth: not a readable checkpoint"):
         load_pretrained(vlm, damaged)
+
+
+@pytest.fixture(scope="module")
+def zero2_checkpoint(tmp_path_factory):
+    """A ZeRO-2 directory as `vltool train --deepspeed zero2` writes it (trainable weights only), from one process."""
+    checkpoint = tmp_path_factory.mktemp("zero2") / "iter_1.pth"
+    run_ranks(["save", "--model", "vlm", "--stage", "2", "--exclude-frozen", "--checkpoint", str(checkpoint)], 1)
+    return checkpoint
+
+
+def test_a_deepspeed_pretrained_pth_is_read_by_rank_0_alone(zero2_checkpoint):
+    ranks = run_ranks(["load", "--model", "vlm", "--checkpoint", str(zero2_checkpoint)], 2)
+    with safe_load.weights_only_loading(zero2_checkpoint):
+        consolidated = get_fp32_state_dict_from_zero_checkpoint(str(zero2_checkpoint.parent), zero2_checkpoint.name)
+    expected = {
+        name.removeprefix("vlm."): float(value.detach().sum(dtype=torch.float64))
+        for name, value in consolidated.items()
+    }
+    masters = sum(file.stat().st_size for file in zero2_checkpoint.glob("*_optim_states.pt"))  # the fp32 weights
+    for rank in ranks:  # every parameter of every rank holds DeepSpeed's consolidated value
+        assert rank["sums"] == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    # DeepSpeed's consolidation on every rank grew each by twice the weights (module file read whole, then
+    # the partitions concatenated); now rank 0 holds one 64 MiB window of the files, the others nothing
+    assert ranks[0]["growth_kb"] * 1024 < 0.35 * masters, (ranks[0]["growth_kb"], masters)
+    assert ranks[1]["growth_kb"] * 1024 < 0.1 * masters, (ranks[1]["growth_kb"], masters)
+    # a checkpoint that does not fit is one error on every rank, not a rank waiting for the others forever
+    wrong = run_ranks(["load", "--model", "toy", "--checkpoint", str(zero2_checkpoint)], 2)
+    assert all("does not fit this model: unexpected keys" in rank["error"] for rank in wrong)

@@ -60,11 +60,13 @@ def convert_checkpoint(
         projector_cfg = cfg.model.projector
         check_projector(resolve_type(projector_cfg.type), projector_cfg.get("depth", 2))
         cfg = without_quantization(cfg) if quantized else cfg  # QLoRA adapters merge into the full base
-    parts = load_trained_parts(cfg, checkpoint)
+    dtype = torch.float32 if fp32 else torch.bfloat16
+    parts = load_trained_parts(cfg, checkpoint, dtype)
     vlm = parts.model
     adapter_bases = _adapter_bases(cfg, vlm) if save_format == "vltool" and quantized else {}
     merge_adapters(vlm, keep=set(adapter_bases))
-    dtype = torch.float32 if fp32 else torch.bfloat16
+    if save_format == "huggingface":
+        vlm.to(dtype)  # in place, a tensor at a time, so the export never holds the model twice
     aspect = cfg.get("train_dataloader", {}).get("dataset", {}).get("image_aspect", "pad")
     with staged_save_dir(save_dir, overwrite) as staging:
         if save_format == "huggingface":

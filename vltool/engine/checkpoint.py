@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmengine.dist import all_gather_object, barrier, get_rank, is_main_process
+import torch.distributed as dist
+from mmengine.dist import all_gather_object, barrier, get_comm_device, get_rank, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from torch import nn
 
 from vltool.constants import RESUME_LATEST
-from vltool.engine import safe_load  # also registers mmengine's weights-only local-file loader
+from vltool.engine import safe_load  # noqa: F401 - registers mmengine's weights-only local-file loader
+from vltool.engine.lazy_weights import LazyTensor, open_weights
 from vltool.errors import ConfigError
 from vltool.io import move_into_place, remove, write_atomically
 
@@ -82,31 +84,17 @@ def load_parameters(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights (``vlm.``-prefixed names) from a checkpoint file or a DeepSpeed checkpoint directory.
 
-    A DeepSpeed directory is consolidated from its ZeRO shards to fp32 (exact master weights,
-    whatever the stage), so pretrain checkpoints from ZeRO-2 or ZeRO-3 runs both load. Both
-    kinds load weights-only: a file that would run code is refused before anything in it runs.
+    A DeepSpeed directory gives its fp32 master weights (exact, whatever the ZeRO stage), so
+    pretrain checkpoints from ZeRO-2 or ZeRO-3 runs both load. Both kinds load weights-only: a
+    file that would run code is refused before anything in it runs. The result is the weights'
+    size in memory, read one tensor at a time; to load them into a model without holding them,
+    use :func:`load_weights_lazily`.
 
     Raises:
         ConfigError: the path does not exist, holds no weights, is damaged, or holds something
             loading would have to run (one line naming the file).
     """
-    path = Path(path)
-    if path.is_dir():
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        safe_load.check_directory(path)
-        try:
-            with safe_load.weights_only_loading(path):  # DeepSpeed's reader asks for weights_only=False
-                return dict(get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name))
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"{path}: not a DeepSpeed checkpoint directory ({err}).") from None
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist.")
-    checkpoint = safe_load.load_file(path)
-    weights = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ConfigError(f"{path}: holds no model weights (expected a vltool checkpoint with a 'state_dict').")
-    return weights
+    return {name: tensor.materialize() for name, tensor in open_weights(path).items()}
 
 
 def name_list(names: list[str], limit: int = 5) -> str:
@@ -130,15 +118,112 @@ def load_checked(vlm: nn.Module, weights: dict[str, torch.Tensor], source: str, 
     Raises:
         ConfigError: names the model lacks, or a shape that does not fit, naming them.
     """
-    names = {name for name, _ in vlm.named_parameters()}
-    unexpected = [name for name in weights if name not in names]
-    if unexpected:  # checked before anything is copied: a mismatched file leaves the model untouched
-        raise ConfigError(f"{source}: unexpected keys {name_list(sorted(unexpected))}; {hint}")
-    try:
-        missing, _ = load_parameters(vlm, weights)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err} {hint}") from None
+    check_fits(vlm, {name: tuple(value.shape) for name, value in weights.items()}, source, hint)
+    missing, _ = load_parameters(vlm, weights)
     return missing
+
+
+def check_fits(vlm: nn.Module, shapes: dict[str, tuple[int, ...]], source: str, hint: str) -> None:
+    """Refuse weights the model lacks or whose shapes differ, before anything is copied (the model stays untouched).
+
+    Raises:
+        ConfigError: ``{source}: unexpected keys ...; {hint}`` or ``{source}: parameter X: checkpoint
+            shape ... != model shape ... {hint}``.
+    """
+    params = dict(vlm.named_parameters())
+    unexpected = [name for name in shapes if name not in params]
+    if unexpected:
+        raise ConfigError(f"{source}: unexpected keys {name_list(sorted(unexpected))}; {hint}")
+    for name, shape in shapes.items():
+        param = params[name]
+        have = tuple(param.ds_shape if _is_partitioned(param) else param.shape)
+        if have != tuple(shape):
+            raise ConfigError(
+                f"{source}: parameter {name}: checkpoint shape {tuple(shape)} != model shape {have}. {hint}"
+            )
+
+
+def load_weights_lazily(
+    vlm: nn.Module, path: str | Path, source: str, hint: str, dtype: torch.dtype | None = None
+) -> tuple[int, list[str]]:
+    """Load a checkpoint's weights into ``vlm`` one tensor at a time, on one process or on every rank.
+
+    Under many processes only rank 0 opens the checkpoint; each tensor is copied from its files
+    into rank 0's parameter and broadcast from there into every rank's (on the process group's
+    device, so NCCL works too). No rank holds the checkpoint: rank 0 holds at most
+    :data:`~vltool.engine.lazy_weights.CHUNK_BYTES` of its files at a time, the others nothing
+    beyond one tensor when their parameter is not on the broadcast device. ZeRO-3 partitions
+    are filled by rank 0 alone inside ``GatheredParameters(modifier_rank=0)``. Every rank must call this.
+
+    Args:
+        vlm: the model.
+        path: a checkpoint file or DeepSpeed checkpoint directory (``vlm.``-prefixed names).
+        source, hint: for error messages, as in :func:`load_checked`.
+        dtype: give each parameter the checkpoint fills a new tensor in this dtype before the copy
+            (a conversion that saves in it): the values the part was loaded with, pages of its
+            model folder, are then never read. Default: copy into the parameters as they are.
+
+    Returns:
+        How many tensors were loaded, and the trainable parameters the checkpoint did not cover.
+
+    Raises:
+        ConfigError: on every rank: the checkpoint cannot be read (rank 0's reason), names the
+            model lacks, or a shape that does not fit; the model is then untouched.
+    """
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    reads = not distributed or dist.get_rank() == 0
+    weights, error = {}, None
+    if reads:
+        try:
+            weights = {name.removeprefix(PREFIX): tensor for name, tensor in open_weights(path).items()}
+        except ConfigError as err:
+            error = str(err)
+    index = [error, {name: tuple(tensor.shape) for name, tensor in weights.items()}]
+    if distributed:
+        dist.broadcast_object_list(index, src=0)
+    error, shapes = index
+    if error is not None:
+        raise ConfigError(error)
+    # a tied weight (an LM head sharing the embedding) is one parameter; DeepSpeed lists it under both names
+    tied = {name for name, _ in vlm.named_parameters(remove_duplicate=False)} - set(dict(vlm.named_parameters()))
+    shapes = {name: shape for name, shape in shapes.items() if name not in tied}
+    check_fits(vlm, shapes, source, hint)
+    params = dict(vlm.named_parameters())
+    for name in shapes:
+        _load_one(params[name], weights.get(name), distributed, dtype)
+    return len(shapes), [name for name, param in params.items() if param.requires_grad and name not in shapes]
+
+
+def _load_one(param: torch.Tensor, value: LazyTensor | None, distributed: bool, dtype: torch.dtype | None) -> None:
+    """Fill ``param`` (in ``dtype`` if given) from ``value`` (held by rank 0 alone under many processes)."""
+    if _is_partitioned(param):
+        import deepspeed
+
+        # every rank gathers; at exit DeepSpeed spreads rank 0's values and partitions them again
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if value is not None:
+                value.copy_to(param.data)
+        return
+    if dtype is not None and param.dtype != dtype:
+        param.data = torch.empty(param.shape, dtype=dtype, device=param.device)
+    if value is not None:
+        value.copy_to(param.data)
+    if distributed:
+        _broadcast_into(param.data)
+
+
+def _broadcast_into(tensor: torch.Tensor) -> None:
+    """Rank 0's ``tensor`` into every rank's, through a buffer when it is not on the group's device."""
+    device = get_comm_device()
+    if tensor.device == device and tensor.is_contiguous():
+        dist.broadcast(tensor, src=0)
+        return
+    if dist.get_rank() == 0:
+        dist.broadcast(tensor.to(device).contiguous(), src=0)
+        return
+    buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+    dist.broadcast(buffer, src=0)
+    tensor.copy_(buffer)
 
 
 def check_pretrained_exists(path: str | Path) -> None:
@@ -165,14 +250,13 @@ def load_pretrained(vlm: nn.Module, path: str | Path) -> None:
             a checkpoint with nothing this model can use.
     """
     check_pretrained_exists(path)
-    weights = {name.removeprefix(PREFIX): value for name, value in read_weights(path).items()}
-    missing = load_checked(
+    loaded, missing = load_weights_lazily(
         vlm,
-        weights,
+        path,
         f"pretrained_pth {path} does not fit this model",
         "check that the config builds the same projector/LoRA layout as the run that saved it.",
     )
-    print_log(f"pretrained_pth {path}: loaded {len(weights)} tensors.", logger="current")
+    print_log(f"pretrained_pth {path}: loaded {loaded} tensors.", logger="current")
     if missing:
         print_log(
             f"pretrained_pth: {len(missing)} trainable parameters not in the checkpoint keep their initial "

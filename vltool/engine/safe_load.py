@@ -19,10 +19,12 @@ What vltool's checkpoints hold besides tensors and plain data, and why each is s
 - DeepSpeed's optimizer-state files hold its loss scaler, its ZeRO stage enum and its
   ``fragment_address`` records: data classes whose building runs none of their code.
 
-Loading is weights-only in three ways: vltool's own loads pass ``weights_only=True``; mmengine's
-local-file loader is replaced by vltool's (mmengine passes nothing, so an environment could turn
-it off, and it does not allow the classes above); DeepSpeed, which passes ``weights_only=False``
-itself, loads inside :func:`weights_only_loading`, which sets torch's documented
+Loading is weights-only in three ways: vltool's own loads pass ``weights_only=True`` (its reader
+of DeepSpeed directories for ``pretrained_pth`` and ``convert`` included,
+:mod:`vltool.engine.lazy_weights`); mmengine's local-file loader is replaced by vltool's
+(mmengine passes nothing, so an environment could turn it off, and it does not allow the
+classes above); DeepSpeed, which passes ``weights_only=False`` itself (on ``--resume``), loads
+inside :func:`weights_only_loading`, which sets torch's documented
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the duration. mmengine's remote loaders (``https://``,
 ``s3://`` ...) would load with ``weights_only=False`` and are refused.
 
@@ -145,27 +147,37 @@ def refusal(path: Path, names: list[str]) -> ConfigError:
     )
 
 
-def _load_error(path: Path, err: Exception, allowed: list[Any]) -> ConfigError:
-    """A refusal naming what the file holds, or "not a readable checkpoint" for a damaged file."""
+def _load_error(path: Path, err: Exception, allowed: list[Any], source: Path | None = None) -> ConfigError:
+    """A refusal naming what the file holds, or "not a readable checkpoint" for a damaged file (named ``source``)."""
     names = _unsafe_globals(path, allowed) if path.is_file() else []
     if not names and isinstance(err, pickle.UnpicklingError):  # a legacy-format file: torch's message names it
         names = sorted({name.rstrip(".,") for name in re.findall(r"GLOBAL (\S+)", str(err))})
     if names:
-        return refusal(path, names)
+        return refusal(source or path, names)
     detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if "Weights only load failed" in detail:  # torch's banner; its own reason is further down
         reasons = [line for line in str(err).splitlines()[1:] if line.strip() and "Check the documentation" not in line]
         detail = reasons[-1].strip() if reasons else detail
-    return ConfigError(f"{path}: not a readable checkpoint ({type(err).__name__}: {detail}); was it cut short?")
+    shown = source or path
+    return ConfigError(f"{shown}: not a readable checkpoint ({type(err).__name__}: {detail}); was it cut short?")
 
 
-def load_file(path: str | Path, map_location: Any = "cpu", allowed: list[Any] | None = None) -> Any:
+def load_file(
+    path: str | Path,
+    map_location: Any = "cpu",
+    allowed: list[Any] | None = None,
+    mmap: bool = False,
+    source: str | Path | None = None,
+) -> Any:
     """``torch.load(path, weights_only=True)`` with vltool's checkpoint classes allowed.
 
     Args:
         path: a ``.pth`` file (or one file of a DeepSpeed checkpoint directory).
         map_location: as for ``torch.load``.
         allowed: the classes to allow; default :func:`checkpoint_globals`.
+        mmap: map the file rather than read it (zip-format files only): tensors are pages of a
+            private mapping, read when touched (:mod:`vltool.engine.lazy_weights`).
+        source: what errors name; default ``path`` (a DeepSpeed directory names itself).
 
     Raises:
         ConfigError: one line naming the file: it holds something loading would have to run,
@@ -175,9 +187,9 @@ def load_file(path: str | Path, map_location: Any = "cpu", allowed: list[Any] | 
     allowed = checkpoint_globals() if allowed is None else allowed
     try:
         with _allowed(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises pickle, runtime, value and EOF errors for damaged files
-        raise _load_error(path, err, allowed) from None
+        raise _load_error(path, err, allowed, Path(source) if source else None) from None
 
 
 def check_directory(directory: str | Path) -> None:
