@@ -28,23 +28,12 @@ import torch
 from mmengine.config import Config
 
 from vltool.engine.config import load_config
+from vltool.engine.gpu_check import CLIP_L14_336, QWEN2_5_0_5B, QWEN2_5_7B
 from vltool.engine.model import TrainingModel
 from vltool.model.builder import build_seeded_parts
 from vltool.model.vlm import VisionLanguageModel
 
 GiB = 2**30
-QWEN2_5_0_5B = dict(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
-)
-QWEN2_5_7B = dict(
-    vocab_size=152064,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-)
-CLIP_L14_336 = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24)
 RUNS = [
     ("vltool, bf16", ()),
     ("huggingface, bf16", ("--save-format", "huggingface")),
@@ -135,7 +124,6 @@ def bench_options(llm: dict | None = None, tied: bool = True) -> list[str]:
     return [
         *options,
         f"model.llm.config.tie_word_embeddings={tied}",
-        "model.vision_encoder.model.config.num_attention_heads=16",
         "model.vision_encoder.feature_layer=-2",
         "model.freeze_vision_encoder=True",
         "model.freeze_llm_input_embeddings=False",

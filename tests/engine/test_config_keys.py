@@ -8,7 +8,7 @@ import pytest
 from mmengine.config import Config
 
 from tests.engine.train_runs import run_train, train_options, write_colour_dataset
-from vltool.engine.config import CONFIG_KEYS, copy_config, load_config
+from vltool.engine.config import CONFIG_KEYS, copy_config, load_config, resolve_config
 from vltool.engine.runner import _param_scheduler_cfg
 from vltool.engine.schedule import resolve_train_length
 from vltool.engine.stages import pretrained_checkpoint
@@ -132,6 +132,25 @@ def test_pretrain_stage_as_a_work_dir_and_explicit_paths(tmp_path, monkeypatch):
     assert pretrained_checkpoint(finetune("pretrain_stage=None")) is None
     with pytest.raises(ConfigError, match="--work-dir runs/none"):
         pretrained_checkpoint(finetune("pretrain_stage=runs/none"))
+
+
+def test_the_zero_qwen_vl_stages_chain(tmp_path, monkeypatch):
+    """Stage 2 starts from stage 1's last checkpoint and stage 3 from stage 2's; stage 1 from nothing."""
+    monkeypatch.chdir(tmp_path)
+    names = [f"zero_qwen_vl_qwen2_0_5b_stage{n}" for n in (1, 2, 3)]
+    stages = [load_config(name) for name in names]
+    assert stages[0].get("pretrain_stage") is None and pretrained_checkpoint(stages[0]) is None
+    for previous, cfg in zip(names[:2], stages[1:], strict=True):
+        assert resolve_config(cfg.pretrain_stage) == resolve_config(previous)  # the previous stage's config file
+        with pytest.raises(ConfigError, match=f"`vltool train {previous}` first"):
+            pretrained_checkpoint(cfg)
+    for iters, name in ((2326, names[0]), (1233, names[1])):  # one epoch of 595k at 256, of 158k at 128
+        run = tmp_path / "work_dirs" / name
+        run.mkdir(parents=True)
+        (run / f"iter_{iters}.pth").write_bytes(b"weights")
+        (run / "last_checkpoint").write_text(f"work_dirs/{name}/iter_{iters}.pth")
+    assert pretrained_checkpoint(stages[1]) == f"work_dirs/{names[0]}/iter_2326.pth"
+    assert pretrained_checkpoint(stages[2]) == f"work_dirs/{names[1]}/iter_1233.pth"
 
 
 def test_the_schedule_follows_the_derived_length():
