@@ -22,7 +22,7 @@ def test_list_and_copy_cfg(tmp_path):
     listed = vltool("list-cfg", "-p", "qlora")
     assert listed.returncode == 0
     names = listed.stdout.split()
-    assert len(names) == 6 and all("qlora" in n for n in names)
+    assert len(names) == 8 and all("qlora" in n for n in names)  # Qwen2.5 x3 and Qwen3-0.6B, CLIP and SigLIP each
     assert vltool("list-cfg", "-p", "no-such-thing").returncode == 1
     copied = vltool("copy-cfg", "demo", str(tmp_path))
     assert copied.returncode == 0 and (tmp_path / "demo.py").is_file()
