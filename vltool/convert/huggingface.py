@@ -19,6 +19,7 @@ from vltool.errors import ConfigError
 from vltool.infer.pipeline import stop_token_ids
 from vltool.model.projectors import MLPProjector
 from vltool.model.saved_format import TEMPLATE_FILE
+from vltool.model.vision_encoder import VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template
 
@@ -39,6 +40,22 @@ def check_projector(projector_type: type, depth: int) -> None:
         )
 
 
+def check_encoder(encoder_type: type) -> None:
+    """Refuse encoders other than vltool's CLIP/SigLIP ``VisionEncoder``, before any weights load.
+
+    LLaVA in transformers has no vision tower for Qwen-VL's ViT + resampler or BLIP-2's ViT +
+    Q-Former, so no layout of this format computes what they compute.
+
+    Raises:
+        ConfigError: naming the encoder and pointing to the vltool format.
+    """
+    if not issubclass(encoder_type, VisionEncoder):
+        raise ConfigError(
+            f"the huggingface format holds CLIP or SigLIP encoders, not {encoder_type.__name__} (LLaVA in "
+            f"transformers has no such vision tower); {VLTOOL_FORMAT_HINT}."
+        )
+
+
 def check_expressible(vlm: VisionLanguageModel) -> None:
     """Refuse models that ``LlavaForConditionalGeneration`` cannot compute exactly.
 
@@ -48,6 +65,7 @@ def check_expressible(vlm: VisionLanguageModel) -> None:
     """
     check_projector(type(vlm.projector), getattr(vlm.projector, "depth", 0))
     encoder = vlm.vision_encoder
+    check_encoder(type(encoder))
     model_type = encoder.model.config.model_type
     if model_type not in VISION_MODEL_TYPES:
         raise ConfigError(

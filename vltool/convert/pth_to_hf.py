@@ -8,13 +8,14 @@ from mmengine.config import Config
 from peft import PeftModel
 
 from vltool.build import resolve_type
-from vltool.convert.huggingface import check_projector, save_huggingface
+from vltool.convert.huggingface import check_encoder, check_projector, save_huggingface
 from vltool.convert.output import check_save_dir, check_shard_size, staged_save_dir
 from vltool.convert.trained import load_trained_parts, merge_adapters, without_quantization
 from vltool.convert.vltool_format import save_vltool
 from vltool.engine.config import load_config
 from vltool.errors import ConfigError
 from vltool.model.quantization import quantization_settings
+from vltool.model.vision_encoder import VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
 
 SAVE_FORMATS = ("vltool", "huggingface")
@@ -58,6 +59,7 @@ def convert_checkpoint(
     quantized = quantization_settings(cfg.model) is not None
     if save_format == "huggingface":
         projector_cfg = cfg.model.projector
+        check_encoder(resolve_type(cfg.model.vision_encoder.type))
         check_projector(resolve_type(projector_cfg.type), projector_cfg.get("depth", 2))
         cfg = without_quantization(cfg) if quantized else cfg  # QLoRA adapters merge into the full base
     dtype = torch.float32 if fp32 else torch.bfloat16
@@ -98,7 +100,9 @@ def _adapter_bases(cfg: Config, vlm: VisionLanguageModel) -> dict[str, dict[str,
     """Manifest entries for the adapters a QLoRA run keeps, each naming the base it loads onto.
 
     Merging into a 4-bit base would round the update away, so the LLM adapter stays separate
-    with its quantisation settings; a vision-encoder adapter stays separate alongside it.
+    with its quantisation settings; a CLIP/SigLIP vision-encoder adapter stays separate alongside
+    it. Other encoders (Qwen-VL's, BLIP-2's) are saved in their own checkpoint layout, which has
+    no adapter form, so their adapters are merged.
 
     Raises:
         ConfigError: a part with an adapter whose base the config builds rather than loads by name.
@@ -111,7 +115,7 @@ def _adapter_bases(cfg: Config, vlm: VisionLanguageModel) -> dict[str, dict[str,
         }
         bases["llm"] = {"base": _base_name(cfg.model.llm, "llm"), "quantization": quantization}
     encoder = vlm.vision_encoder.model
-    if isinstance(encoder, PeftModel):
+    if isinstance(vlm.vision_encoder, VisionEncoder) and isinstance(encoder, PeftModel):
         bases["vision_encoder"] = {
             "base": _base_name(cfg.model.vision_encoder.model, "vision_encoder.model"),
             "class": type(encoder.get_base_model()).__name__,

@@ -16,8 +16,14 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.model import projectors
+from vltool.model.blip2_encoder import Blip2QFormerEncoder
+from vltool.model.qwen_vl_visual import QwenVLVisualEncoder
+from vltool.model.qwen_vl_weights import save_qwen_vl_visual
 from vltool.model.saved_format import (
     ADAPTER_SUFFIX,
+    ENCODER_BLIP2,
+    ENCODER_CLIP,
+    ENCODER_QWEN_VL,
     FORMAT_VERSION,
     IMAGE_PROCESSOR_FOLDER,
     LLM_FOLDER,
@@ -64,6 +70,35 @@ def _save_part(
     return {"path": name}
 
 
+def save_vision_encoder(
+    encoder: nn.Module, save_dir: Path, base: dict[str, Any] | None, dtype: torch.dtype, shard: str
+) -> dict[str, Any]:
+    """Save the vision encoder in the folder layout its kind loads from, and return its manifest entry.
+
+    Qwen-VL's tower and BLIP-2's ViT + Q-Former are saved as checkpoints of their own kind
+    (what their loaders read in training), so the loader rebuilds them with the same code; only
+    a CLIP/SigLIP encoder may stay a PEFT adapter on a named base.
+
+    Returns:
+        ``{"kind": ..., "path": "vision_encoder", ...}``; for CLIP/SigLIP also the feature layer,
+        select strategy and resolution.
+    """
+    folder = save_dir / VISION_ENCODER_FOLDER
+    if isinstance(encoder, QwenVLVisualEncoder):
+        save_qwen_vl_visual(encoder.model, folder, dtype, shard)
+        return {"kind": ENCODER_QWEN_VL, "path": VISION_ENCODER_FOLDER}
+    if isinstance(encoder, Blip2QFormerEncoder):
+        encoder.model.save_pretrained(folder, dtype, shard)  # the Q-Former stays fp32
+        return {"kind": ENCODER_BLIP2, "path": VISION_ENCODER_FOLDER}
+    return {
+        "kind": ENCODER_CLIP,
+        **_save_part(encoder.model, VISION_ENCODER_FOLDER, save_dir, base, dtype, shard),
+        "feature_layer": encoder.feature_layer,
+        "select_strategy": encoder.select_strategy,
+        "image_size": encoder.image_size,
+    }
+
+
 def save_vltool(
     vlm: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -84,7 +119,8 @@ def save_vltool(
         projector_kwargs: the projector's constructor arguments (sizes, depth, queries...).
         adapter_bases: ``{"llm": {...}, "vision_encoder": {...}}`` for parts saved as adapters:
             each value names the base (``base``), and how it loads (``quantization`` for the
-            LLM, ``class`` for the vision model); parts not listed are saved whole.
+            LLM, ``class`` for the vision model); parts not listed are saved whole. Only a
+            CLIP/SigLIP encoder can be an adapter.
         save_dir: an empty folder.
         dtype: dtype of the saved full weights (adapters keep theirs).
         max_shard_size: safetensors shard size for the LLM and the vision model.
@@ -92,24 +128,13 @@ def save_vltool(
     Returns:
         The manifest.
     """
-    encoder = vlm.vision_encoder
     manifest = {
         "format": "vltool",
         "format_version": FORMAT_VERSION,
         "llm": _save_part(vlm.llm, LLM_FOLDER, save_dir, adapter_bases.get("llm"), dtype, max_shard_size),
-        "vision_encoder": {
-            **_save_part(
-                encoder.model,
-                VISION_ENCODER_FOLDER,
-                save_dir,
-                adapter_bases.get("vision_encoder"),
-                dtype,
-                max_shard_size,
-            ),
-            "feature_layer": encoder.feature_layer,
-            "select_strategy": encoder.select_strategy,
-            "image_size": encoder.image_size,
-        },
+        "vision_encoder": save_vision_encoder(
+            vlm.vision_encoder, save_dir, adapter_bases.get("vision_encoder"), dtype, max_shard_size
+        ),
         "projector": {"path": PROJECTOR_FOLDER},
         "tokenizer": TOKENIZER_FOLDER,
         "image_processor": IMAGE_PROCESSOR_FOLDER,

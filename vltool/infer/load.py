@@ -25,6 +25,7 @@ from transformers import (
 from vltool.constants import IMAGE_TOKEN
 from vltool.data.images import ASPECT_MODES, ImageTransform
 from vltool.errors import ConfigError
+from vltool.infer.encoders import cast_encoder, load_saved_encoder
 from vltool.infer.pipeline import Pipeline
 from vltool.infer.projector_folder import load_projector
 from vltool.model import projectors
@@ -304,14 +305,14 @@ def _vision_model(
 
 
 def _inference_model(
-    encoder: VisionEncoder, projector: torch.nn.Module, llm: PreTrainedModel, image_token_id: int
+    encoder: torch.nn.Module, projector: torch.nn.Module, llm: PreTrainedModel, image_token_id: int
 ) -> VisionLanguageModel:
-    """A frozen model whose encoder and projector compute in the LLM's dtype.
+    """A frozen model whose encoder (BLIP-2's Q-Former excepted) and projector compute in the LLM's dtype.
 
     The parts may be saved in different dtypes, and a quantised LLM on CPU computes in float32
     whatever ``dtype`` asked for; the projector's input and output must match both neighbours.
     """
-    encoder.to(llm.dtype)
+    cast_encoder(encoder, llm.dtype)
     model = VisionLanguageModel(encoder, projector.to(llm.dtype), llm, image_token_id)
     return model.requires_grad_(False)
 
@@ -345,12 +346,7 @@ def _load_vltool(path: Path, dtype: DType, device: str, template: Template | Non
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != manifest["image_token_id"]:
         raise ConfigError(f"{path}: the tokenizer's {IMAGE_TOKEN} id differs from the manifest's; convert again.")
     model = _inference_model(
-        VisionEncoder(
-            _load_vision_part(path, vision_entry, dtype),
-            vision_entry["feature_layer"],
-            vision_entry["select_strategy"],
-            vision_entry["image_size"],
-        ),
+        load_saved_encoder(path, vision_entry, dtype, _load_vision_part),
         load_projector(path / manifest["projector"]["path"]),
         _load_llm_part(path, llm_entry, dtype, device, bits, len(tokenizer)),
         manifest["image_token_id"],

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import nn
@@ -102,6 +103,25 @@ class Blip2VisionQFormer(nn.Module):
         check_tensors(model, tensors, sources, pretrained_model_name_or_path)
         model.load_state_dict(tensors, strict=True, assign=True)
         return model
+
+    def save_pretrained(self, folder: Path, dtype: torch.dtype, max_shard_size: str = "5GB") -> None:
+        """Write a BLIP-2-style folder that :meth:`from_pretrained` reads back exactly.
+
+        ``config.json`` is the composite config; the tensors keep the checkpoint's names. The
+        ViT is saved in ``dtype``, the Q-Former and the query tokens in fp32, as they load.
+
+        Args:
+            folder: created; must not exist.
+            dtype: the ViT's saved dtype.
+            max_shard_size: largest safetensors file, ``2GB`` (an index json when it shards).
+        """
+        folder.mkdir()
+        self.blip2_config.save_pretrained(folder)
+        state = {
+            name: value.detach().to(dtype if name.startswith("vision_model.") else torch.float32)
+            for name, value in self.state_dict().items()
+        }
+        save_torch_state_dict(state, folder, max_shard_size=max_shard_size)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         """Recompute the ViT's and the Q-Former's layers in the backward pass (transformers' method name)."""

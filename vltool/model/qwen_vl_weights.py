@@ -8,9 +8,11 @@ by name; ``.bin`` shards are memory-mapped, so the LLM's bytes in a mixed shard 
 
 import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError, safe_open
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -58,6 +60,38 @@ def load_qwen_vl_visual(
     check_tensors(model, tensors, sources, folder)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model
+
+
+def qwen_vl_visual_shapes(
+    pretrained_model_name_or_path: str, dtype: torch.dtype | str = "auto"
+) -> QwenVLVisionTransformer:
+    """The tower :func:`load_qwen_vl_visual` would load, with placeholder weights: only ``config.json`` is read.
+
+    For ``check-dataset``, which builds the encoder on the meta device to count its tokens.
+    ``dtype`` is accepted for :func:`load_qwen_vl_visual`'s signature and ignored.
+    """
+    return QwenVLVisionTransformer(read_visual_config(resolve_checkpoint(pretrained_model_name_or_path)))
+
+
+def save_qwen_vl_visual(
+    model: QwenVLVisionTransformer, folder: Path, dtype: torch.dtype, max_shard_size: str = "5GB"
+) -> None:
+    """Write ``model`` as a Qwen-VL-style folder that :func:`load_qwen_vl_visual` reads back exactly.
+
+    ``config.json`` holds only the ``visual`` block; the tensors keep the checkpoint's
+    ``transformer.visual.`` names, in ``model.safetensors`` (or shards with
+    ``model.safetensors.index.json``).
+
+    Args:
+        model: the tower, LoRA already merged.
+        folder: created; must not exist.
+        dtype: of every saved tensor (the original checkpoint holds one dtype too).
+        max_shard_size: largest safetensors file, ``2GB``.
+    """
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"visual": asdict(model.visual_config)}, indent=2) + "\n")
+    state = {PREFIX + name: value.detach().to(dtype) for name, value in model.state_dict().items()}
+    save_torch_state_dict(state, folder, max_shard_size=max_shard_size)
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:

@@ -7,7 +7,7 @@ The ``vltool`` format::
 
     vltool_model.json      the manifest (MANIFEST): parts, template, image token, feature layer, aspect
     llm/                   a Hugging Face causal LM            (or llm_adapter/ + a named base)
-    vision_encoder/        a CLIP/SigLIP vision model          (or vision_encoder_adapter/ + base)
+    vision_encoder/        the vision encoder, as ENCODER_KINDS says (or vision_encoder_adapter/ + base)
     projector/             config.json (class and sizes) + model.safetensors
     tokenizer/             with the image token
     image_processor/       the encoder's image processor
@@ -28,6 +28,15 @@ TOKENIZER_FOLDER = "tokenizer"
 IMAGE_PROCESSOR_FOLDER = "image_processor"
 ADAPTER_SUFFIX = "_adapter"
 """A part saved as a PEFT adapter goes to ``<folder>_adapter`` (``llm_adapter/``) instead of ``<folder>/``."""
+
+ENCODER_CLIP = "clip"
+"""``VisionEncoder`` around a transformers CLIP/SigLIP vision model (manifests without ``kind`` are this)."""
+ENCODER_QWEN_VL = "qwen_vl_visual"
+"""``QwenVLVisualEncoder``: ``config.json`` (its ``visual`` block) and ``transformer.visual.*`` tensors."""
+ENCODER_BLIP2 = "blip2_qformer"
+"""``Blip2QFormerEncoder``: BLIP-2's composite ``config.json``; ``vision_model.*``, ``qformer.*``, ``query_tokens``."""
+ENCODER_KINDS = (ENCODER_CLIP, ENCODER_QWEN_VL, ENCODER_BLIP2)
+"""The manifest's ``vision_encoder.kind``: which class rebuilds the encoder from its folder."""
 
 PROJECTOR_CONFIG = "config.json"
 """In the projector folder: the projector's class (``type``) and constructor arguments."""

@@ -4,8 +4,9 @@
 (:attr:`vltool.model.vlm.VisionLanguageModel.image_seq_length`). Building a 7B recipe's model for
 it would read about 15 GB of weights, and a QLoRA recipe's would import bitsandbytes and peft.
 Here the vision encoder and the projector are built on the meta device (shapes, no storage),
-every ``X.from_pretrained`` replaced by ``X(config)`` with only ``config.json`` read, and the
-LLM's width is read from its config; the LLM itself is never built.
+every ``X.from_pretrained`` replaced by ``X(config)`` with only ``config.json`` read (and each
+other weight loader in :data:`CONFIG_ONLY_BUILDERS` by its config-only twin), and the LLM's width
+is read from its config; the LLM itself is never built.
 """
 
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from vltool.build import build, resolve_type
 from vltool.errors import ConfigError
+from vltool.model.qwen_vl_weights import load_qwen_vl_visual, qwen_vl_visual_shapes
 
 HUB_KWARGS = (
     "cache_dir",
@@ -28,6 +30,10 @@ HUB_KWARGS = (
     "trust_remote_code",
 )
 """``from_pretrained`` arguments that say where the files are; reading the config alone honours them too."""
+
+CONFIG_ONLY_BUILDERS: dict[Any, Any] = {load_qwen_vl_visual: qwen_vl_visual_shapes}
+"""Weight loaders that are not a ``from_pretrained`` -> a function with the same arguments that
+builds the same module from ``config.json`` alone (1.9B parameters of Qwen-VL's tower unread)."""
 
 
 def image_seq_length_from_config(model_cfg: dict[str, Any]) -> int:
@@ -143,7 +149,10 @@ def _without_weights(cfg: Any, key: str) -> Any:
         return type(cfg)(_without_weights(item, f"{key}[{index}]") for index, item in enumerate(cfg))
     if not isinstance(cfg, dict):
         return cfg
-    model_class = _from_pretrained_class(resolve_type(cfg["type"])) if "type" in cfg else None
+    type_ = resolve_type(cfg["type"]) if "type" in cfg else None
+    if type_ in CONFIG_ONLY_BUILDERS:
+        return {**cfg, "type": CONFIG_ONLY_BUILDERS[type_]}
+    model_class = _from_pretrained_class(type_)
     if model_class is None:
         return {
             name: value if name == "type" else _without_weights(value, f"{key}.{name}") for name, value in cfg.items()
