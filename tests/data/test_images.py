@@ -5,11 +5,14 @@ import threading
 from functools import partial
 
 import pytest
+import torch
 from PIL import Image
+from transformers import BlipImageProcessorPil
 from transformers.image_utils import load_image as transformers_load_image
 
-from vltool.data.images import load_image, open_image
+from vltool.data.images import ImageTransform, load_image, open_image
 from vltool.errors import DatasetError
+from vltool.model.blip2_encoder import RandomResizedCropFlip
 
 
 @pytest.fixture
@@ -64,3 +67,17 @@ def test_paths_fail_with_what_is_wrong(tmp_path):
         open_image(str(tmp_path))
     with pytest.raises(DatasetError, match=r"notes.png: cannot decode image \(not an image\); replace or remove"):
         open_image(str(tmp_path / "notes.png"))
+
+
+def test_augmentation_runs_on_each_image_before_the_processor():
+    """A training-time ``augment`` (BLIP-2's crop and flip) is applied per image, then the processor as usual."""
+    processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+    image = Image.linear_gradient("L").convert("RGB").resize((96, 64))
+    augment = RandomResizedCropFlip(size=32, flip_probability=1.0)
+    torch.manual_seed(0)
+    augmented = ImageTransform(processor, "resize", augment)([image, image])
+    torch.manual_seed(0)
+    expected = processor([augment(image), augment(image)], return_tensors="pt")["pixel_values"]
+    assert torch.equal(augmented, expected)
+    plain = ImageTransform(processor, "resize")([image])
+    assert augmented.shape == (2, 3, 32, 32) and not torch.equal(augmented[0], plain[0])

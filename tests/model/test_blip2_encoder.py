@@ -308,6 +308,7 @@ def test_recipe_trains_only_the_linear_layer_on_a_warmup_then_cosine(reference):
         "projector.linear.bias",
     }
     assert cfg.train_dataloader.dataset.image_aspect == "resize"
+    assert cfg.train_dataloader.dataset.image_augment.type is RandomResizedCropFlip
     optimizer_cfg = cfg.optim_wrapper.optimizer
     assert (optimizer_cfg.lr, optimizer_cfg.weight_decay) == (1e-4, 0.05)
 

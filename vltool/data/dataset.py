@@ -2,6 +2,7 @@
 
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.logging import print_log
+from PIL import Image
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
@@ -80,6 +82,8 @@ class VisionLanguageDataset(Dataset):
         truncation: ``truncate`` long samples (and count them) or ``drop`` them.
         dataset_format: ``auto``, ``llava``, ``qwen_vl`` or ``messages``.
         image_aspect: ``pad`` to square with the mean colour, or ``resize``.
+        image_augment: a random PIL-to-PIL transform applied to every training image first
+            (e.g. ``dict(type=RandomResizedCropFlip)`` in a config); None: none.
         cache_dir: where prepared datasets live (default :func:`~vltool.data.cache.default_cache_dir`).
         num_proc: processes that tokenise; default every core (small files: this process).
         prepared: the name of a folder in ``cache_dir`` that another rank prepared; it is only
@@ -98,6 +102,7 @@ class VisionLanguageDataset(Dataset):
         truncation: str = "truncate",
         dataset_format: str = "auto",
         image_aspect: str = "pad",
+        image_augment: Callable[[Image.Image], Image.Image] | None = None,
         cache_dir: str | None = None,
         num_proc: int | None = None,
         prepared: str | None = None,
@@ -110,7 +115,7 @@ class VisionLanguageDataset(Dataset):
         self.max_length = max_length
         self.image_seq_length = image_seq_length
         self.image_folder = Path(image_folder) if image_folder else self.data_path.parent
-        self.image_transform = ImageTransform(image_processor, image_aspect)
+        self.image_transform = ImageTransform(image_processor, image_aspect, image_augment)
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
         if prepared is not None:
             self.store_path = cache_root / prepared

@@ -3,6 +3,7 @@
 import io
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -87,19 +88,29 @@ class ImageTransform:
         aspect: ``pad`` pads to square with the processor's mean colour first (no content is
             cropped away), each channel ``int(mean * 255)``, truncated as LLaVA does; ``resize``
             leaves the processor's own resize/crop to do the work.
+        augment: a random PIL-to-PIL transform applied to each image first, in training only
+            (BLIP-2's crop and flip: :class:`vltool.model.blip2_encoder.RandomResizedCropFlip`).
     """
 
-    def __init__(self, image_processor: BaseImageProcessor, aspect: str = "pad") -> None:
+    def __init__(
+        self,
+        image_processor: BaseImageProcessor,
+        aspect: str = "pad",
+        augment: Callable[[Image.Image], Image.Image] | None = None,
+    ) -> None:
         if aspect not in ASPECT_MODES:
             raise DatasetError(f"unknown image aspect mode '{aspect}'; use one of {', '.join(ASPECT_MODES)}.")
         self.image_processor = image_processor
         self.aspect = aspect
+        self.augment = augment
         # Truncate, not round: original LLaVA's expand2square and transformers' LlavaImageProcessor
         # both use int(x * 255) (CLIP's mean gives 122, 116, 104), so exported models see the same pixels.
         self.background = tuple(int(m * 255) for m in padding_mean(image_processor))
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images into ``[num_images, 3, H, W]``."""
+        if self.augment is not None:
+            images = [self.augment(image) for image in images]
         if self.aspect == "pad":
             images = [pad_to_square(image, self.background) for image in images]
         return self.image_processor(images, return_tensors="pt")["pixel_values"]

@@ -22,9 +22,9 @@
 #   labelling); vltool learns the assistant replies and their <|im_end|>.
 # - data: the LLaVA-Instruct mix665k base for one epoch. For MiniGPT4Qwen's own data (converted to vltool's
 #   format with one <image> per conversation) set train_dataloader.dataset.data_path and train_cfg.max_epochs=10.
-# - training images are squashed like evaluation images: the crop-and-flip augmentation exists
-#   (vltool.model.blip2_encoder.RandomResizedCropFlip) but the dataset has no augmentation hook yet.
 from mmengine.config import read_base
+
+from vltool.model.blip2_encoder import RandomResizedCropFlip
 
 with read_base():
     from .._base_.datasets.llava_finetune import *  # noqa: F403
@@ -43,7 +43,8 @@ model = dict(
     freeze_projector=False,
     freeze_llm=True,
 )
-train_dataloader.dataset.update(image_aspect="resize")  # the processor squashes to 224x224
+# training images: LAVIS' RandomResizedCrop(224, scale 0.5-1) + flip, then the processor's squash to 224x224
+train_dataloader.dataset.update(image_aspect="resize", image_augment=dict(type=RandomResizedCropFlip))
 optim_wrapper.optimizer.update(lr=1e-4, weight_decay=0.05)
 # the original warms up for a fixed 500 steps, then decays to 1e-6 (min_lr_ratio x lr)
 lr_schedule = dict(warmup_iters=500, min_lr_ratio=0.01)
