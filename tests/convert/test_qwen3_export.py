@@ -7,7 +7,7 @@ Qwen2 in its per-head q/k RMSNorm and a ``head_dim`` that need not be ``hidden_s
 
 import pytest
 import torch
-from conftest import TINY_VISION, tiny_image_processor
+from conftest import TINY_QWEN2, TINY_VISION, tiny_image_processor
 from PIL import Image
 from transformers import (
     AutoProcessor,
@@ -30,16 +30,7 @@ from vltool.templates.message import Message
 
 RECIPE = "qwen3_0_6b_clip_l14_336_finetune"
 # head_dim 32 with 4 heads of a 64-wide model: decoupled as in the real Qwen3 sizes
-TINY_QWEN3 = dict(
-    vocab_size=151936,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    max_position_embeddings=1024,
-)
+TINY_QWEN3 = {**{k: v for k, v in TINY_QWEN2.items() if k != "tie_word_embeddings"}, "head_dim": 32}
 QUESTION = [Message("user", "<image>\nWhat colour is it?")]
 
 
