@@ -29,6 +29,11 @@ def eval_command(
     max_new_tokens: int | None = typer.Option(
         None, "--max-new-tokens", help="Longest answer in tokens (default: the benchmark's)."
     ),
+    rules: str | None = typer.Option(
+        None,
+        "--rules",
+        help="Scoring rules: official (default: the benchmark's official script) or vlmevalkit (scienceqa, seed).",
+    ),
     model_options: ModelOptions = ModelOptions(),  # --prompt-template, --visual-encoder, ..., --device
 ) -> None:
     """Answer a benchmark greedily and score it with its official rules.
@@ -37,14 +42,15 @@ def eval_command(
     are cached per question: run the same command again to resume. [bold]NPROC_PER_NODE=N[/]
     shares the questions among N processes.
     """
-    from vltool.eval.evaluate import get_benchmark, rescore_eval, run_eval
+    from vltool.eval.evaluate import check_rules, get_benchmark, rescore_eval, run_eval
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     chosen = get_benchmark(benchmark)
     if predictions is not None:
         refuse_model_with_predictions(model)
-        rescore_eval(chosen, predictions, data_path, image_folder, work_dir, console)
+        rescore_eval(chosen, predictions, data_path, image_folder, work_dir, console, rules)
         return
+    check_rules(chosen, rules)
     choice = benchmark_model(model, batch_size, model_options)
     rank = start_processes()
     run_eval(
@@ -57,5 +63,6 @@ def eval_command(
         choice.identity(),
         batch_size,
         max_new_tokens,
+        rules,
         console=console if rank == 0 else Console(stderr=True, quiet=True),
     )

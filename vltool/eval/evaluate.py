@@ -16,7 +16,8 @@ from rich.console import Console
 from vltool.data.images import load_image
 from vltool.errors import ConfigError, DatasetError
 from vltool.eval.benchmarks import BENCHMARKS
-from vltool.eval.benchmarks.base import Benchmark, Sample, Scores, read_jsonl
+from vltool.eval.benchmarks.answers import match_by_key, read_answer_records
+from vltool.eval.benchmarks.base import Benchmark, Sample, Scores
 from vltool.eval.predict import PredictionCache, Request, answer_requests, process_rank
 from vltool.eval.report import bar_chart, print_table, write_atomically
 from vltool.infer.pipeline import GenerationOptions, Pipeline
@@ -43,6 +44,22 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
+def check_rules(benchmark: Benchmark, rules: str | None) -> str:
+    """The rule set to score with: ``rules``, or the benchmark's default (its official rules) when None.
+
+    Raises:
+        ConfigError: a rule set this benchmark does not have; the message lists the ones it has.
+    """
+    if rules is None:
+        return next(iter(benchmark.rules))
+    if rules not in benchmark.rules:
+        raise ConfigError(
+            f"--rules {rules!r}: {benchmark.name} scores by {', '.join(benchmark.rules)} "
+            f"(default {next(iter(benchmark.rules))})."
+        )
+    return rules
+
+
 def load_samples(benchmark: Benchmark, data_path: Path, image_folder: Path | None, console: Console) -> list[Sample]:
     """Read a benchmark's questions (every image checked to exist) and say how many there are.
 
@@ -66,6 +83,7 @@ def run_eval(
     cache_settings: dict[str, Any],
     batch_size: int = 8,
     max_new_tokens: int | None = None,
+    rules: str | None = None,
     console: Console | None = None,
 ) -> EvalFiles | None:
     """Answer every question greedily (resuming from the cache), then write predictions and results.
@@ -83,9 +101,11 @@ def run_eval(
         cache_settings: what the answers depend on besides the prompts (the model, its template).
         batch_size: prompts per ``generate`` call.
         max_new_tokens: the longest answer (None: the benchmark's default).
+        rules: the rule set to score with (None: the benchmark's official rules).
         console: where progress and results go (default: stderr).
     """
     console = console or Console(stderr=True)
+    rules = check_rules(benchmark, rules)
     samples = load_samples(benchmark, data_path, image_folder, console)
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens
     stem = f"{model_name}_{benchmark.name}"
@@ -97,7 +117,7 @@ def run_eval(
         return None
     predictions_file = work_dir / f"{stem}_predictions.jsonl"
     write_atomically(predictions_file, lambda path: _write_predictions(path, samples, answers))
-    return report(benchmark, samples, answers, predictions_file, work_dir, stem, console)
+    return report(benchmark, rules, samples, answers, predictions_file, work_dir, stem, console)
 
 
 def _request(sample: Sample) -> Request:
@@ -126,44 +146,32 @@ def rescore_eval(
     image_folder: Path | None,
     work_dir: Path | None,
     console: Console,
+    rules: str | None = None,
 ) -> EvalFiles:
-    """Score a saved predictions file (JSON Lines with ``key`` and ``prediction``) without a model.
+    """Score a saved answer file without a model: vltool's predictions JSONL or LLaVA's answer file.
+
+    Lines for questions outside the scored subset (LLaVA's files also answer text-only or video
+    questions) are counted and ignored.
 
     Raises:
-        DatasetError: unreadable file, lines without those keys, or keys that differ from the benchmark's.
+        ConfigError: a rule set the benchmark does not have.
+        DatasetError: unreadable file, lines without an id and an answer, questions without an
+            answer or lines that match no question (counted and named).
     """
+    rules = check_rules(benchmark, rules)
     samples = load_samples(benchmark, data_path, image_folder, console)
-    answers = read_predictions(predictions_path, {s.key for s in samples})
+    match = benchmark.match_answers or match_by_key
+    answers = match(data_path, samples, read_answer_records(predictions_path), predictions_path)
+    if answers.ignored:
+        console.print(f"{predictions_path}: {answers.ignored} answer(s) to {answers.ignored_what} ignored")
     stem = predictions_path.stem.removesuffix("_predictions")
-    return report(benchmark, samples, answers, predictions_path, work_dir or predictions_path.parent, stem, console)
-
-
-def read_predictions(path: Path, expected: set[str]) -> dict[str, str]:
-    """``key -> prediction`` from a predictions JSONL, which must cover exactly the expected keys.
-
-    LLaVA's answer files (``question_id`` and ``text``) are read too.
-    """
-    answers = {}
-    for number, record in read_jsonl(path):
-        key = record.get("key", record.get("question_id"))
-        text = record.get("prediction", record.get("text"))
-        if key is None or text is None:
-            raise DatasetError(f"{path}:{number}: needs key and prediction (or LLaVA's question_id and text).")
-        answers[str(key)] = str(text)
-    missing, extra = sorted(expected - set(answers)), sorted(set(answers) - expected)
-    if missing or extra:
-        parts = [f"{len(missing)} question(s) have no prediction ({_few(missing)})"] if missing else []
-        parts += [f"{len(extra)} prediction(s) match no question ({_few(extra)})"] if extra else []
-        raise DatasetError(f"{path}: {'; '.join(parts)}; score it against the data it was made from.")
-    return answers
-
-
-def _few(keys: list[str]) -> str:
-    return ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+    work_dir = work_dir or predictions_path.parent
+    return report(benchmark, rules, samples, answers.texts, predictions_path, work_dir, stem, console)
 
 
 def report(
     benchmark: Benchmark,
+    rules: str,
     samples: list[Sample],
     answers: dict[str, str],
     predictions_file: Path,
@@ -171,12 +179,13 @@ def report(
     stem: str,
     console: Console,
 ) -> EvalFiles:
-    """Score, write the results CSV and chart, and print the table, notes and headline figures."""
-    scores = benchmark.score(samples, answers)
+    """Score, write the results CSV and chart, and print the rule set, table, notes and headline figures."""
+    scores = benchmark.score(samples, answers, rules)
     results, chart = work_dir / f"{stem}_results.csv", work_dir / f"{stem}_results.png"
     write_atomically(results, lambda path: scores.table.to_csv(path, index_label="name"))
     maximum = 100 if "%" in scores.chart_label else None
     bar_chart(chart, {benchmark.name: scores.chart}, scores.chart_label, f"{benchmark.name}: {stem}", maximum)
+    console.print(f"scoring rules: {rules} ({benchmark.rules[rules]})", highlight=False)
     print_table(console, scores.table, f"{benchmark.name} ({len(samples)} questions)")
     for note in scores.notes:
         console.print(note, highlight=False)

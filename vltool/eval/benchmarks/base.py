@@ -11,11 +11,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from vltool.errors import DatasetError
+
+if TYPE_CHECKING:
+    from vltool.eval.benchmarks.answers import AnswerRecord, Answers
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,13 @@ class Scores:
     notes: list[str] = field(default_factory=list)
 
 
+OFFICIAL = "official"
+"""The rule set every benchmark scores by default: its official scoring script's."""
+
+VLMEVALKIT = "vlmevalkit"
+"""VLMEvalKit's lenient option extraction, for the benchmarks VLMEvalKit scores that way."""
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark ``vltool eval --benchmark NAME`` can run.
@@ -64,15 +74,23 @@ class Benchmark:
         description: one line for the list of benchmarks (what it measures and its input).
         load: ``(data_path, image_folder) -> samples``; ``image_folder`` is None when not given.
             Raises :class:`DatasetError` naming the file, line or sample at fault.
-        score: ``(samples, predictions) -> scores``; ``predictions`` has a text for every key.
+        score: ``(samples, predictions, rules) -> scores``; ``predictions`` has a text for every
+            key; ``rules`` is one of ``rules``' names.
         max_new_tokens: the default answer length.
+        rules: the rule sets ``--rules`` may pick: name -> what it reproduces (printed with the
+            results); the first is the default.
+        match_answers: ``(data_path, samples, answer lines, answer file) -> Answers``: matches a
+            saved answer file (vltool's or LLaVA's) to the samples
+            (:mod:`vltool.eval.benchmarks.answers`; default: by key).
     """
 
     name: str
     description: str
     load: Callable[[Path, Path | None], list[Sample]]
-    score: Callable[[list[Sample], dict[str, str]], Scores]
+    score: Callable[[list[Sample], dict[str, str], str], Scores]
     max_new_tokens: int
+    rules: dict[str, str]
+    match_answers: "Callable[[Path, list[Sample], list[AnswerRecord], Path], Answers] | None" = None
 
 
 def read_json(path: Path) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
     Benchmark,
     Sample,
@@ -139,7 +140,7 @@ def _is_correct(prediction: str, reference: dict[str, Any]) -> tuple[bool, bool]
     return choice == reference["answer"], choice is None
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Accuracy in percent: overall, and per category when the questions have categories."""
     groups: dict[str, list[bool]] = defaultdict(list)
     unresolved = 0
@@ -168,4 +169,7 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=64,
+    rules={
+        OFFICIAL: "vltool's: options read by VLMEvalKit's exact matching, else VQA-normalised exact match",
+    },
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
     Benchmark,
     Sample,
@@ -76,7 +77,7 @@ def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
     return [sample for sample in samples if sample is not None]
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Exact-match accuracy in percent: overall and per structural type (when the questions have one)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for sample in samples:
@@ -100,4 +101,5 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={OFFICIAL: "LLaVA's scripts/convert_gqa_for_eval.py, then GQA's eval.py"},
 )

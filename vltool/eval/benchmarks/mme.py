@@ -22,7 +22,7 @@ import pandas as pd
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
-from vltool.eval.benchmarks.base import Benchmark, Sample, Scores
+from vltool.eval.benchmarks.base import OFFICIAL, Benchmark, Sample, Scores
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
@@ -134,7 +134,7 @@ def parse_answer(prediction: str) -> str:
     return "other"
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Acc, acc+ and score per subtask, and the perception and cognition totals."""
     correct: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     others = 0
@@ -194,4 +194,5 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={OFFICIAL: "MME's eval_tool/calculation.py"},
 )

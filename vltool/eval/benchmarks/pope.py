@@ -20,7 +20,7 @@ import pandas as pd
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
-from vltool.eval.benchmarks.base import Benchmark, Sample, Scores, image_file, read_jsonl, require_keys
+from vltool.eval.benchmarks.base import OFFICIAL, Benchmark, Sample, Scores, image_file, read_jsonl, require_keys
 
 INSTRUCTION = "Answer the question using a single word or phrase."
 OFFICIAL_PREFIX = "coco_pope_"
@@ -105,7 +105,7 @@ def parse_answer(prediction: str) -> str:
     return "no" if any(word in NEGATIONS for word in text.split(" ")) else "yes"
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """F1, accuracy, precision, recall and yes-ratio per split, and their mean over splits."""
     outcomes: dict[str, list[tuple[str, str]]] = {}
     unclear = 0
@@ -165,4 +165,5 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={OFFICIAL: "LLaVA's llava/eval/eval_pope.py"},
 )

@@ -24,6 +24,7 @@ from PIL import Image
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
     Benchmark,
     Sample,
@@ -129,7 +130,7 @@ def _is_hit(prediction: str, reference: dict[str, Any]) -> bool | None:
     return box_iou(predicted, reference["box"]) >= IOU_THRESHOLD
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Acc@0.5 in percent per split, plus an overall row when there are several splits."""
     hits: dict[str, list[bool]] = defaultdict(list)
     without_box = 0
@@ -159,4 +160,5 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=64,
+    rules={OFFICIAL: "Qwen-VL's eval_mm/evaluate_grounding.py"},
 )

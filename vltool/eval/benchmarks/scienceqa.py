@@ -27,7 +27,9 @@ from typing import Any
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
+    VLMEVALKIT,
     Benchmark,
     Sample,
     Scores,
@@ -117,7 +119,7 @@ def grade_band(grade: str, where: str) -> str:
     raise DatasetError(f"{where}: 'grade' must be grade1 ... grade12, got {grade!r}.")
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Accuracy per subject, per grade band and overall."""
     groups: dict[str, list[bool]] = defaultdict(list)
     rules: Counter[str] = Counter()
@@ -145,4 +147,8 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={
+        OFFICIAL: "LLaVA's llava/eval/eval_science_qa.py",
+        VLMEVALKIT: "VLMEvalKit's exact matching (can_infer)",
+    },
 )

@@ -20,7 +20,9 @@ from typing import Any
 
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
+    VLMEVALKIT,
     Benchmark,
     Sample,
     Scores,
@@ -109,7 +111,7 @@ def _sample(
     )
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Accuracy per dimension (in dimension-id order) and over all image questions."""
     by_dimension: dict[tuple[int, str], list[bool]] = defaultdict(list)
     rules: Counter[str] = Counter()
@@ -135,4 +137,8 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={
+        OFFICIAL: "LLaVA's scripts/convert_seed_for_submission.py",
+        VLMEVALKIT: "VLMEvalKit's exact matching (can_infer)",
+    },
 )

@@ -14,6 +14,7 @@ from typing import Any
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.base import (
+    OFFICIAL,
     OVERALL,
     Benchmark,
     Sample,
@@ -86,7 +87,7 @@ def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
     return samples
 
 
-def score(samples: list[Sample], predictions: dict[str, str]) -> Scores:
+def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Mean soft VQA accuracy, in percent, over all questions."""
     scores = [vqa_accuracy(predictions[sample.key], sample.reference["answers"]) for sample in samples]
     table = accuracy_table({OVERALL: scores})
@@ -102,4 +103,7 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=16,
+    rules={
+        OFFICIAL: "LLaVA's llava/eval/eval_textvqa.py, m4c TextVQAAccuracyEvaluator",
+    },
 )
