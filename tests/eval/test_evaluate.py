@@ -8,7 +8,7 @@ from PIL import Image
 from rich.console import Console
 
 from vltool.errors import ConfigError, DatasetError
-from vltool.eval.evaluate import get_benchmark, rescore_eval, run_eval
+from vltool.eval.evaluate import check_rules, get_benchmark, rescore_eval, run_eval
 
 
 class CentrePixel:
@@ -90,3 +90,27 @@ def test_llava_answer_files_rescore(questions, tmp_path):
 def test_unknown_benchmark_lists_the_known_ones():
     with pytest.raises(ConfigError, match="unknown benchmark 'vqav2'; choose one of mme, pope, seed, scienceqa,"):
         get_benchmark("vqav2")
+
+
+def test_rules_are_checked_and_printed(questions, tmp_path):
+    with pytest.raises(ConfigError, match=r"--rules 'vlmevalkit': custom scores by official \(default official\)"):
+        check_rules(get_benchmark("custom"), "vlmevalkit")
+    assert check_rules(get_benchmark("scienceqa"), None) == "official"
+    assert check_rules(get_benchmark("scienceqa"), "vlmevalkit") == "vlmevalkit"
+    (tmp_path / "answers.jsonl").write_text(
+        "".join(json.dumps({"key": k, "prediction": p}) + "\n" for k, p in (("a", "red"), ("b", "x"), ("c", "4")))
+    )
+    console = Console(record=True, width=200)
+    rescore_eval(get_benchmark("custom"), tmp_path / "answers.jsonl", questions, None, None, console)
+    assert "scoring rules: official (vltool's: options read by VLMEvalKit's exact matching" in console.export_text()
+
+
+def test_answer_file_errors_count_and_name_the_questions(questions, tmp_path):
+    def rescore(lines: list[dict]) -> None:
+        (tmp_path / "p.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        rescore_eval(get_benchmark("custom"), tmp_path / "p.jsonl", questions, None, None, Console(quiet=True))
+
+    with pytest.raises(DatasetError, match=r"p.jsonl: 1 question\(s\) have no prediction \(c\); 1 prediction\(s\) "):
+        rescore([{"key": "a", "prediction": "red"}, {"key": "b", "prediction": "x"}, {"key": "zz", "prediction": "y"}])
+    with pytest.raises(DatasetError, match=r"p.jsonl:2: question a is answered twice"):
+        rescore([{"key": "a", "prediction": "red"}, {"question_id": "a", "text": "blue"}])
