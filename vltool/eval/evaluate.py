@@ -69,7 +69,7 @@ def load_samples(benchmark: Benchmark, data_path: Path, image_folder: Path | Non
     samples = benchmark.load(data_path, image_folder)
     if not samples:
         raise DatasetError(f"{data_path}: no {benchmark.name} questions found; check --data-path.")
-    console.print(f"{benchmark.name}: {len(samples)} questions from {data_path}", highlight=False)
+    console.print(f"{benchmark.name}: {len(samples)} questions from {data_path}", markup=False, highlight=False)
     return samples
 
 
@@ -163,7 +163,11 @@ def rescore_eval(
     match = benchmark.match_answers or match_by_key
     answers = match(data_path, samples, read_answer_records(predictions_path), predictions_path)
     if answers.ignored:
-        console.print(f"{predictions_path}: {answers.ignored} answer(s) to {answers.ignored_what} ignored")
+        console.print(
+            f"{predictions_path}: {answers.ignored} answer(s) to {answers.ignored_what} ignored",
+            markup=False,
+            highlight=False,
+        )
     stem = predictions_path.stem.removesuffix("_predictions")
     work_dir = work_dir or predictions_path.parent
     return report(benchmark, rules, samples, answers.texts, predictions_path, work_dir, stem, console)
@@ -185,10 +189,10 @@ def report(
     write_atomically(results, lambda path: scores.table.to_csv(path, index_label="name"))
     maximum = 100 if "%" in scores.chart_label else None
     bar_chart(chart, {benchmark.name: scores.chart}, scores.chart_label, f"{benchmark.name}: {stem}", maximum)
-    console.print(f"scoring rules: {rules} ({benchmark.rules[rules]})", highlight=False)
+    console.print(f"scoring rules: {rules} ({benchmark.rules[rules]})", markup=False, highlight=False)
     print_table(console, scores.table, f"{benchmark.name} ({len(samples)} questions)")
     for note in scores.notes:
-        console.print(note, highlight=False)
+        console.print(note, markup=False, highlight=False)
     console.print("  ".join(f"[bold]{name}[/]: {value:.2f}" for name, value in scores.summary.items()))
-    console.print(f"predictions: {predictions_file}\nresults: {results}, chart: {chart}", highlight=False)
+    console.print(f"predictions: {predictions_file}\nresults: {results}, chart: {chart}", markup=False, highlight=False)
     return EvalFiles(predictions_file, results, chart, scores)

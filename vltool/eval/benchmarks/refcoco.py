@@ -4,15 +4,25 @@ Reads the JSON Lines files Qwen-VL's ``eval_mm/evaluate_grounding.py`` evaluates
 (``refcoco_val.jsonl``, ``refcoco+_testA.jsonl``, ``refcocog_test.jsonl`` ...), one expression per
 line: ``image`` (a path, here relative to ``--image-folder``), ``sent`` (the expression), ``bbox``
 (the ground-truth box in pixels, ``[x1, y1, x2, y2]`` corners, as Qwen-VL's IoU reads it) and
-``width`` / ``height`` (the image size in pixels; read from the image header when absent).
+``width`` / ``height`` (the image size in pixels, used as given; read from the image header when
+absent, where Qwen-VL requires them).
 
-The model is asked "Please provide the bounding box coordinate of the region this sentence
-describes: <ref>SENT</ref>" (InternVL's and VLMEvalKit's RefCOCO prompt, in vltool's grounding
-syntax) and should answer ``<ref>..</ref><box>(x1,y1),(x2,y2)</box>`` on the 0-1000 grid. As in
-Qwen-VL's scorer, the first box counts and is a hit when its IoU with the ground truth is at least
-0.5; an answer without a box is a miss. One difference: Qwen-VL divides its coordinates by 999,
-vltool reads the grid as 0-1000 (:mod:`vltool.infer.grounding`), the convention its training data
-uses, and rounds the box to whole pixels.
+Scoring (:mod:`vltool.eval.grounding_rules`): ``official`` is Qwen-VL's script item for item (the
+first ``(x1,y1),(x2,y2)`` anywhere in the answer, float corners divided by 999, float32 IoU >= 0.5,
+an unreadable answer scored as the box ``(0,0),(0,0)``); ``llava`` reads LLaVA-1.5's
+``[x1, y1, x2, y2]`` fractions of the centred padded square.
+
+The prompt is not Qwen-VL's. Qwen-VL scores its pretrained model by raw completion of
+``<img>IMAGE</img><ref>SENT</ref><box>``: the model continues the open ``<box>`` with the corners.
+vltool asks the question in the model's chat template, as a user turn, and the assistant's reply
+cannot continue a tag left open in the user's message; vltool's grounding data
+(``docs/data_formats.md``, :mod:`vltool.infer.grounding`) teaches a model to answer a question with
+``<ref>..</ref><box>(x1,y1),(x2,y2)</box>``. So vltool keeps InternVL's and VLMEvalKit's chat
+prompt, "Please provide the bounding box coordinate of the region this sentence describes:
+<ref>SENT</ref>" (LLaVA-1.5's RefCOCO training question, with the expression in a ``<ref>`` tag),
+and the official pattern reads the corners inside ``<box>..</box>`` as it reads Qwen-VL's
+continuations. The prompt is the same under both rule sets (they differ only in how the answer is
+read).
 """
 
 from collections import defaultdict
@@ -22,7 +32,7 @@ from typing import Any
 from PIL import Image
 
 from vltool.constants import IMAGE_TOKEN
-from vltool.errors import DatasetError
+from vltool.errors import ConfigError, DatasetError
 from vltool.eval.benchmarks.base import (
     OFFICIAL,
     OVERALL,
@@ -34,27 +44,25 @@ from vltool.eval.benchmarks.base import (
     read_jsonl,
     require_keys,
 )
-from vltool.infer.grounding import parse_boxes
+from vltool.eval.grounding_rules import Decision, PixelBox, llava_decision, qwen_vl_decision
 
 PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
 """The grounding request, with the expression in a ``<ref>`` tag."""
 
-IOU_THRESHOLD = 0.5
+LLAVA = "llava"
+"""The rule set for LLaVA-1.5-style boxes: ``[x1, y1, x2, y2]`` fractions of the padded square."""
+
+RULES = {
+    OFFICIAL: "Qwen-VL's eval_mm/evaluate_grounding.py: (x1,y1),(x2,y2) on a 0-999 grid, float32 IoU >= 0.5",
+    LLAVA: "LLaVA-1.5 boxes: x1, y1, x2, y2 in square brackets, fractions of the centred padded square, IoU >= 0.5",
+}
+_DECIDE = {OFFICIAL: qwen_vl_decision, LLAVA: llava_decision}
+# no square brackets in what the report prints: it prints with rich markup, which would swallow them
+_UNREAD = {
+    OFFICIAL: "had no (x1,y1),(x2,y2) box Qwen-VL's scorer reads (scored as (0,0),(0,0): misses)",
+    LLAVA: "had no box of four numbers in square brackets (misses)",
+}
 REQUIRED_KEYS = ("image", "sent", "bbox")
-
-PixelBox = tuple[float, float, float, float]
-"""``(x1, y1, x2, y2)`` in pixels."""
-
-
-def box_iou(first: PixelBox, second: PixelBox) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0 when both are empty."""
-    width = max(0.0, min(first[2], second[2]) - max(first[0], second[0]))
-    height = max(0.0, min(first[3], second[3]) - max(first[1], second[1]))
-    intersection = width * height
-    area_first = (first[2] - first[0]) * (first[3] - first[1])
-    area_second = (second[2] - second[0]) * (second[3] - second[1])
-    union = area_first + area_second - intersection
-    return intersection / union if union > 0 else 0.0
 
 
 def _split_files(data_path: Path) -> list[Path]:
@@ -76,12 +84,12 @@ def _ground_truth(record: dict[str, Any], where: str) -> PixelBox:
     return x1, y1, x2, y2
 
 
-def _image_size(record: dict[str, Any], image: Path, where: str) -> tuple[int, int]:
+def _image_size(record: dict[str, Any], image: Path, where: str) -> tuple[int | float, int | float]:
     if "width" in record and "height" in record:
         size = record["width"], record["height"]
         if not all(isinstance(value, int | float) and value >= 1 for value in size):
             raise DatasetError(f"{where}: 'width' and 'height' must be positive numbers of pixels, got {size!r}.")
-        return round(size[0]), round(size[1])
+        return size  # as given: Qwen-VL scales by these numbers
     try:
         with Image.open(image) as opened:  # reads the header only
             return opened.size
@@ -121,30 +129,37 @@ def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
     return samples
 
 
-def _is_hit(prediction: str, reference: dict[str, Any]) -> bool | None:
-    """Whether the first predicted box overlaps the ground truth enough; None when there is no box."""
-    boxes = parse_boxes(prediction)
-    if not boxes:
-        return None
-    predicted = boxes[0].to_pixels(reference["width"], reference["height"])
-    return box_iou(predicted, reference["box"]) >= IOU_THRESHOLD
+def decide(prediction: str, reference: dict[str, Any], rules: str = OFFICIAL) -> Decision:
+    """How one answer scores under ``rules`` (``official`` or ``llava``): its box, IoU and hit.
+
+    Args:
+        prediction: the model's answer.
+        reference: the sample's reference (``box``, ``width``, ``height``).
+        rules: the rule set.
+
+    Raises:
+        ConfigError: an unknown rule set.
+    """
+    if rules not in _DECIDE:
+        raise ConfigError(f"refcoco has no rule set {rules!r}; choose one of {', '.join(RULES)}.")
+    return _DECIDE[rules](prediction, reference["box"], reference["width"], reference["height"])
 
 
 def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
     """Acc@0.5 in percent per split, plus an overall row when there are several splits."""
     hits: dict[str, list[bool]] = defaultdict(list)
-    without_box = 0
+    unread = 0
     for sample in samples:
-        hit = _is_hit(predictions[sample.key], sample.reference)
-        without_box += hit is None
-        hits[sample.reference["split"]].append(bool(hit))
+        decision = decide(predictions[sample.key], sample.reference, rules)
+        unread += not decision.read
+        hits[sample.reference["split"]].append(decision.hit)
     splits = list(hits)  # in file order
     if len(splits) > 1:
         hits[OVERALL] = [hit for split in splits for hit in hits[split]]
     rows = splits + ([OVERALL] if len(splits) > 1 else [])
     table = accuracy_table({row: hits[row] for row in rows})
     headline = table["accuracy"].iloc[-1] if rows else 0.0
-    notes = [f"{without_box} of {len(samples)} answers had no box (counted as misses)"] if without_box else []
+    notes = [f"{unread} of {len(samples)} answers {_UNREAD[rules]}"] if unread else []
     return Scores(
         table=table,
         chart=table["accuracy"].loc[splits].to_dict(),
@@ -160,5 +175,5 @@ BENCHMARK = Benchmark(
     load=load,
     score=score,
     max_new_tokens=64,
-    rules={OFFICIAL: "Qwen-VL's eval_mm/evaluate_grounding.py"},
+    rules=RULES,
 )
