@@ -1,0 +1,1 @@
+"""`vltool serve`: an OpenAI-compatible API and a web chat page for a trained model."""
