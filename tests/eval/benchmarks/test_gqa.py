@@ -1,11 +1,20 @@
+import io
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from vltool.errors import DatasetError
 from vltool.eval.benchmarks.gqa import BENCHMARK, load, normalize_prediction, score
+from vltool.eval.evaluate import rescore_eval
+
+OFFICIAL = Path(__file__).parents[2] / "assets" / "benchmarks" / "official" / "gqa"
+"""A synthetic GQA testdev file, LLaVA-layout answers and what LLaVA's conversion and GQA's eval.py made of them."""
+QUESTIONS, IMAGES = OFFICIAL / "testdev_balanced_questions.json", OFFICIAL / "images"
+ANSWERS = OFFICIAL / "answers" / "fixture.jsonl"
+EXPECTED = json.loads((OFFICIAL / "expected.json").read_text(encoding="utf-8"))
 
 
 def _question(image_id: str, question: str, answer: str, structural: str | None, balanced: bool = True) -> dict:
@@ -41,8 +50,9 @@ def gqa(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("  Yes. ", "yes"),  # stripped, trailing period, lower case
+        ("Yes.", "yes"),  # trailing period, lower case
         ("No...", "no"),  # every trailing period
+        ("  Yes. ", "  yes. "),  # not stripped, as convert_gqa_for_eval.py does not strip
         ("3.5", "3.5"),  # inner periods stay
         ("U.S.", "u.s"),
         ("Two", "two"),  # no number-word or article rules
@@ -119,3 +129,61 @@ def test_missing_image_names_question_and_path(tmp_path):
     path = _write(tmp_path / "q.json", {"123": _question("n404", "q?", "yes", "verify")})
     with pytest.raises(DatasetError, match=r"question 123: image .*n404\.jpg not found"):
         load(path, tmp_path)
+
+
+def _rescore(answers: Path, tmp_path: Path) -> tuple:
+    console = Console(file=io.StringIO(), width=200)
+    files = rescore_eval(BENCHMARK, answers, QUESTIONS, IMAGES, tmp_path, console)
+    return files, console.file.getvalue()
+
+
+def test_llava_answer_file_reproduces_official_accuracies(tmp_path):
+    files, output = _rescore(ANSWERS, tmp_path)
+    table = files.scores.table
+    # eval.py prints two decimals (its accuracies are k/n of 45 questions, so two decimals decide them)
+    assert f"{table.loc['overall', 'accuracy']:.2f}" == EXPECTED["figures"]["accuracy"] == "57.78"
+    assert list(table.index) == ["overall", *sorted(EXPECTED["structural"])]
+    for structural, official in EXPECTED["structural"].items():
+        assert f"{table.loc[structural, 'accuracy']:.2f}" == official["accuracy"], structural
+        assert table.loc[structural, "questions"] == official["questions"], structural
+    # the answers to the two unbalanced questions, which eval.py passes over too
+    assert "2 answer(s) to unbalanced questions (eval.py scores balanced ones) ignored" in output
+
+
+def test_normalize_prediction_reproduces_convert_gqa_for_eval():
+    texts = {line["question_id"]: line["text"] for line in map(json.loads, ANSWERS.read_text().splitlines())}
+    converted = EXPECTED["converted"]
+    assert len(converted) == 47
+    assert [normalize_prediction(texts[item["questionId"]]) for item in converted] == [
+        item["prediction"] for item in converted
+    ]
+
+
+def _answer_lines() -> list[dict]:
+    return [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_line_matching_no_question_is_named(tmp_path):
+    lines = _answer_lines()
+    path = _write_lines(tmp_path / "answers.jsonl", lines + [dict(lines[0], question_id="999999")])
+    with pytest.raises(DatasetError, match=r"1 prediction\(s\) match no question \(999999\)"):
+        _rescore(path, tmp_path)
+
+
+def test_missing_answers_are_counted(tmp_path):
+    path = _write_lines(tmp_path / "answers.jsonl", _answer_lines()[3:])
+    with pytest.raises(DatasetError, match=r"3 question\(s\) have no prediction \(201307251, 201315170, 201323089\)"):
+        _rescore(path, tmp_path)
+
+
+def test_question_answered_twice_is_an_error(tmp_path):
+    # eval.py would keep the last answer; vltool names the line
+    lines = _answer_lines()
+    path = _write_lines(tmp_path / "answers.jsonl", lines + [dict(lines[1], text="man")])
+    with pytest.raises(DatasetError, match=r"answers\.jsonl:48: question 201315170 is answered twice"):
+        _rescore(path, tmp_path)

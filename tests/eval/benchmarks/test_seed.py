@@ -1,11 +1,17 @@
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from vltool.errors import DatasetError
-from vltool.eval.benchmarks.seed import BENCHMARK, load, score
+from vltool.eval.benchmarks.seed import BENCHMARK, load, read_letter, score
+from vltool.eval.evaluate import rescore_eval
+
+OFFICIAL_FILES = Path(__file__).parents[2] / "assets" / "benchmarks" / "official" / "seed"
 
 QUESTION_TYPES = {"Scene Understanding": 1, "Instances Counting": 5, "Action Recognition": 10}
 
@@ -67,8 +73,8 @@ def test_prompt_is_llava_multiple_choice(seed_json, images):
 
 def test_score_matches_hand_computed_values(seed_json, images):
     samples = load(seed_json, images)
-    # 101 (scene, answer A): "A" right; 102 (counting, answer C): unresolved; 103 (scene, answer B): "C." wrong
-    predictions = {"101": "A", "102": "I cannot tell", "103": "C."}
+    # 101 (scene, answer A): "A" right; 102 (counting, answer C): not a letter; 103 (scene, answer B): "C" wrong
+    predictions = {"101": "A", "102": "I cannot tell", "103": "C"}
     scores = score(samples, predictions)
     table = scores.table
     # dimensions in id order, then the micro average over all three questions
@@ -78,16 +84,20 @@ def test_score_matches_hand_computed_values(seed_json, images):
     assert table.loc["overall"].tolist() == pytest.approx([100 / 3, 3])  # 1 of 3
     assert scores.chart == pytest.approx({"Scene Understanding": 50.0, "Instances Counting": 0.0})
     assert scores.summary == pytest.approx({"accuracy": 100 / 3})
-    assert scores.notes == ["1 of 3 answers unresolved (counted wrong)"]
+    assert scores.notes == [
+        "answers read as scripts/convert_seed_for_submission.py reads them: letter 2, unread 1",
+        "1 of 3 answers name no option by scripts/convert_seed_for_submission.py's rules (counted wrong)",
+    ]
 
 
-def test_extraction_reads_option_text_and_counts_refusals(seed_json, images):
+def test_vlmevalkit_rules_read_option_text_and_count_refusals(seed_json, images):
     samples = load(seed_json, images)
     # 101: the option text "red apple" picks A (right); 102: a refusal; 103: "(B)" picks B (right)
     predictions = {"101": "It is a red apple", "102": "Cannot determine the answer", "103": "(B)"}
-    scores = score(samples, predictions)
+    scores = score(samples, predictions, "vlmevalkit")
     assert scores.summary == pytest.approx({"accuracy": 200 / 3})  # 2 of 3
     assert scores.notes == ["1 of 3 answers refused (counted wrong)"]
+    assert score(samples, predictions).summary == pytest.approx({"accuracy": 0.0})  # official: none is a letter
 
 
 def test_image_folder_is_required(seed_json):
@@ -144,3 +154,141 @@ def test_no_image_question_is_an_error(tmp_path, images):
 def test_benchmark_defaults():
     assert BENCHMARK.name == "seed"
     assert BENCHMARK.max_new_tokens == 16
+    assert list(BENCHMARK.rules) == ["official", "vlmevalkit"]
+    assert BENCHMARK.rules["official"] == "LLaVA's scripts/convert_seed_for_submission.py"
+
+
+# --- against the official script's own decisions (tests/assets/benchmarks/official/seed) ---
+
+
+def _official(name: str):
+    return json.loads((OFFICIAL_FILES / name).read_text(encoding="utf-8"))
+
+
+def _with_images(folder: Path, data: dict) -> tuple[Path, Path]:
+    """SEED-Bench.json in ``folder`` and a SEED-Bench-image/ folder with an 8x8 image per image question."""
+    (folder / "SEED-Bench-image").mkdir()
+    for question in data["questions"]:
+        if question["data_type"] == "image":
+            Image.new("RGB", (8, 8)).save(folder / "SEED-Bench-image" / question["data_id"])
+    return _write(folder / "SEED-Bench.json", data), folder / "SEED-Bench-image"
+
+
+@pytest.fixture
+def official_data(tmp_path):
+    """The fixture's SEED-Bench.json, its images, and LLaVA's answer file (copied, so results land in tmp)."""
+    shutil.copy(OFFICIAL_FILES / "llava_answers.jsonl", tmp_path / "llava_answers.jsonl")
+    return *_with_images(tmp_path, _official("SEED-Bench.json")), tmp_path / "llava_answers.jsonl"
+
+
+def _answers(path: Path) -> dict[str, dict]:
+    return {str(line["question_id"]): line for line in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
+def test_prompts_are_llava_seed_bench_lines_after_the_image_marker(official_data):
+    seed_json, images, answers = official_data
+    lines = _answers(answers)
+    for sample in load(seed_json, images):
+        assert sample.prompt == "<image>\n" + lines[sample.key]["prompt"]
+
+
+def test_official_rules_reproduce_every_decision_and_the_printed_accuracies(official_data):
+    seed_json, images, answers = official_data
+    expected = _official("official_decisions.json")
+    samples = load(seed_json, images)
+    texts = {key: line["text"] for key, line in _answers(answers).items()}
+    decisions = {
+        s.key: read_letter(texts[s.key], s.reference["options"], "official")[0] == s.reference["answer"]
+        for s in samples
+    }
+    assert decisions == expected["items"] and len(decisions) == 44
+    table = score(samples, {key: texts[key] for key in decisions}).table
+    printed = expected["accuracies"]
+    assert {name: round(value, 2) for name, value in table["accuracy"].items()} == {
+        **{name: printed[name] for name in table.index if name != "overall"},
+        "overall": printed["image accuracy"],  # 22.73
+    }
+
+
+def test_vlmevalkit_rules_credit_what_the_official_script_does_not(official_data):
+    seed_json, images, answers = official_data
+    texts = {key: line["text"] for key, line in _answers(answers).items()}
+    samples = load(seed_json, images)
+    lenient = {
+        s.key
+        for s in samples
+        if read_letter(texts[s.key], s.reference["options"], "vlmevalkit")[0] == s.reference["answer"]
+    }
+    official = {key for key, right in _official("official_decisions.json")["items"].items() if right}
+    assert official <= lenient
+    # "A.", "(A)", "**A**", "Answer: A", "The answer is A(.)", "A. red apple" (short or long), the option's
+    # text alone or in a sentence, " A", "A ", "A\n", "I think it is A.", "D.", "(C) yellow banana",
+    # "Option B", "B) green pear", "The correct answer is D.", "Two"
+    assert lenient - official == {
+        str(number) for number in (*range(112, 121), 126, 127, 128, 133, 134, *range(137, 142), 144)
+    }
+
+
+def test_llava_answer_file_rescores_with_video_lines_ignored(official_data):
+    seed_json, images, answers = official_data
+    console = Console(record=True, width=200)
+    files = rescore_eval(BENCHMARK, answers, seed_json, images, None, console)
+    table = pd.read_csv(files.results, index_col="name")
+    assert (
+        round(table.loc["overall", "accuracy"], 2)
+        == _official("official_decisions.json")["accuracies"]["image accuracy"]
+    )
+    assert table.loc["overall", "questions"] == 44
+    output = console.export_text()
+    assert f"{answers}: 3 answer(s) to video questions ignored" in output
+    assert "scoring rules: official (LLaVA's scripts/convert_seed_for_submission.py)" in output
+
+
+def test_answer_line_for_no_question_is_an_error_naming_it(official_data):
+    seed_json, images, answers = official_data
+    with answers.open("a", encoding="utf-8") as file:
+        file.write(json.dumps({"question_id": 424242, "prompt": "Q?", "text": "A"}) + "\n")
+    with pytest.raises(DatasetError, match=r"llava_answers.jsonl: 1 prediction\(s\) match no question \(424242\)"):
+        rescore_eval(BENCHMARK, answers, seed_json, images, None, Console(quiet=True))
+
+
+def test_image_question_without_an_answer_is_an_error_naming_it(official_data):
+    seed_json, images, answers = official_data
+    lines = answers.read_text(encoding="utf-8").splitlines()
+    answers.write_text("\n".join(line for line in lines if json.loads(line)["question_id"] != 105) + "\n")
+    with pytest.raises(DatasetError, match=r"1 question\(s\) have no prediction \(105\)"):
+        rescore_eval(BENCHMARK, answers, seed_json, images, None, Console(quiet=True))
+
+
+def _crash(case: str) -> dict:
+    """One of the inputs the script crashes on, with what it printed first and its error."""
+    return next(crash for crash in _official("crashes.json") if crash["case"] == case)
+
+
+def _printed_accuracies(stdout: str) -> dict[str, float]:
+    """The script's ``name: 12.34%`` lines."""
+    return {name: float(value.rstrip("%")) for name, value in (line.rsplit(": ", 1) for line in stdout.splitlines())}
+
+
+def test_a_dimension_with_no_right_answer_scores_zero_where_the_script_crashes(tmp_path):
+    crash = _crash("a dimension with no right answer")
+    assert crash["error"] == "KeyError: 1"  # dimension 1 never counted a right answer
+    seed_json, images = _with_images(tmp_path, crash["data"])
+    texts = {str(line["question_id"]): line["text"] for line in crash["answers"]}
+    table = score(load(seed_json, images), texts).table
+    # 301 "B" and 302 "B." wrong, 303 "C" right
+    assert table["accuracy"].to_dict() == {"Scene Understanding": 0.0, "Instance Identity": 100.0, "overall": 100 / 3}
+
+
+def test_a_file_without_video_questions_scores_its_images_where_the_script_crashes(tmp_path):
+    crash = _crash("no video question")
+    assert crash["error"] == "ZeroDivisionError: division by zero"  # its video pass, after the image figures
+    seed_json, images = _with_images(tmp_path, crash["data"])
+    texts = {str(line["question_id"]): line["text"] for line in crash["answers"]}
+    table = score(load(seed_json, images), texts).table
+    printed = _printed_accuracies(crash["printed"])
+    assert {name: round(value, 2) for name, value in table["accuracy"].items()} == {
+        "Scene Understanding": printed["Scene Understanding"],  # 50.00
+        "Instance Identity": printed["Instance Identity"],  # 100.00
+        "overall": printed["image accuracy"],  # 66.67
+    }

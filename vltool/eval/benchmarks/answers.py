@@ -2,8 +2,9 @@
 
 vltool writes ``<model>_<benchmark>_predictions.jsonl`` with ``key`` and ``prediction`` per line.
 LLaVA's ``llava/eval/model_vqa*.py`` scripts write answer files with ``question_id``, ``prompt``
-(the question as asked, with ``<image>`` and a newline in front when there was an image), ``text`` (the
-answer), ``answer_id``, ``model_id`` and ``metadata``. Their ``question_id`` is not always one id
+(the question as asked: ``model_vqa_loader.py`` writes the question file's text without ``<image>``,
+``model_vqa_science.py`` puts ``<image>`` and a newline in front when there was an image), ``text``
+(the answer), ``answer_id``, ``model_id`` and ``metadata``. Their ``question_id`` is not always one id
 per question of the official data (MME uses the image path for both its questions, TextVQA the
 image id), so each benchmark matches answer lines to its samples itself (``Benchmark.match_answers``);
 the default here matches ``key`` or ``question_id`` to the sample key.

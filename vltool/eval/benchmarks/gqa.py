@@ -2,12 +2,18 @@
 
 Reads the official ``testdev_balanced_questions.json`` and prompts as LLaVA-1.5 does (``<image>``,
 the question, "Answer the question using a single word or phrase."). Scoring follows LLaVA's
-``scripts/convert_gqa_for_eval.py`` followed by GQA's official ``eval.py``: the answer is stripped
-(LLaVA's ``model_vqa_loader`` strips every answer), trailing periods are removed, it is lower-cased,
-and it must then equal the annotated ``answer`` exactly (the annotation is not normalised). As in
+``scripts/convert_gqa_for_eval.py`` followed by GQA's official ``eval.py``: trailing periods are
+removed from the answer as written (not stripped: ``"yes "`` stays wrong), it is lower-cased, and it
+must then equal the annotated ``answer`` exactly (the annotation is not normalised). As in
 ``eval.py``, only questions marked ``isBalanced`` count; questions marked ``"isBalanced": false``
-(present only in the ``all`` question files) are skipped when loading. Accuracy per structural type
-(verify, query, choose, logical, compare) is ``eval.py``'s "Accuracy / structural type".
+(present only in the ``all`` question files) are skipped when loading, and answers to them are
+counted and ignored. Accuracy per structural type (verify, query, choose, logical, compare) is
+``eval.py``'s "Accuracy / structural type".
+
+LLaVA's GQA answer file uses the GQA question ids, so it matches by key. Where the official pair
+is lax or stops, vltool does otherwise: eval.py keeps the last of two answers to a question and
+skips answers to unknown ids without a word; vltool calls both an error. eval.py's distribution
+score divides by zero when no scored question has a global group; vltool does not report it.
 """
 
 from collections import defaultdict
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vltool.errors import DatasetError
+from vltool.eval.benchmarks.answers import AnswerRecord, Answers, check_coverage, store_answer
 from vltool.eval.benchmarks.base import (
     OFFICIAL,
     OVERALL,
@@ -32,8 +39,12 @@ REQUIRED_KEYS = ("imageId", "question", "answer")
 
 
 def normalize_prediction(text: str) -> str:
-    """An answer as LLaVA hands it to GQA's ``eval.py``: stripped, trailing periods removed, lower case."""
-    return text.strip().rstrip(".").lower()
+    """An answer as LLaVA's ``convert_gqa_for_eval.py`` hands it to GQA's ``eval.py``.
+
+    Trailing periods removed, lower case, and nothing else: not stripped (LLaVA's
+    ``model_vqa_loader.py`` and vltool strip answers when they write them).
+    """
+    return text.rstrip(".").lower()
 
 
 def _structural_type(question: dict[str, Any]) -> str | None:
@@ -95,6 +106,40 @@ def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFIC
     )
 
 
+def match_answers(data_path: Path, samples: list[Sample], records: list[AnswerRecord], path: Path) -> Answers:
+    """Match an answer file (vltool's, or LLaVA's, whose ids are GQA's question ids) by key.
+
+    Lines for questions of ``data_path`` marked ``"isBalanced": false`` are counted and ignored.
+
+    Raises:
+        DatasetError: questions without an answer, lines matching no question, or a question answered twice.
+    """
+    keys = {sample.key for sample in samples}
+    texts: dict[str, str] = {}
+    unknown = []
+    for record in records:
+        if record.id in keys:
+            store_answer(texts, record.id, record, path)
+        else:
+            unknown.append(record.id)
+    unbalanced = _unbalanced_ids(data_path) if unknown else set()
+    unmatched = [question_id for question_id in unknown if question_id not in unbalanced]
+    ignored = len(unknown) - len(unmatched)
+    return check_coverage(
+        path, samples, texts, unmatched, ignored, "unbalanced questions (eval.py scores balanced ones)"
+    )
+
+
+def _unbalanced_ids(data_path: Path) -> set[str]:
+    """The ids of the questions marked ``"isBalanced": false`` in the question file."""
+    content = read_json(data_path)
+    return {
+        str(qid)
+        for qid, question in content.items()
+        if isinstance(question, dict) and question.get("isBalanced") is False
+    }
+
+
 BENCHMARK = Benchmark(
     name="gqa",
     description="GQA testdev-balanced: compositional VQA, exact match (testdev_balanced_questions.json + images).",
@@ -102,4 +147,5 @@ BENCHMARK = Benchmark(
     score=score,
     max_new_tokens=16,
     rules={OFFICIAL: "LLaVA's scripts/convert_gqa_for_eval.py, then GQA's eval.py"},
+    match_answers=match_answers,
 )

@@ -8,11 +8,19 @@ The prompt is LLaVA-1.5's (``llava_mme.jsonl``, which ``convert_answer_to_mme.py
 question without its "Please answer yes or no." suffix, then "Answer the question using a single
 word or phrase.".
 
-Scoring follows MME's official ``eval_tool/calculation.py``: an answer (lower-cased) is "yes" or
-"no" when it is exactly that, else "yes" if its first four characters hold "yes", else "no" if they
-hold "no", else "other" (wrong). Per subtask, acc = correct questions / questions and acc+ = images
-whose questions are all correct / images; the score is ``(acc + acc+) * 100`` (200 at most).
-Perception sums its 10 subtask scores (2000 at most), cognition its 4 (800 at most).
+Scoring follows MME's official ``eval_tool/calculation.py``: an answer (lower-cased, not stripped)
+is "yes" or "no" when it is exactly that, else "yes" if its first four characters hold "yes", else
+"no" if they hold "no", else "other" (wrong). Per subtask, acc = correct questions / questions and
+acc+ = images whose questions are all correct / images; the score is ``(acc + acc+) * 100`` (200 at
+most). Perception sums its 10 subtask scores (2000 at most), cognition its 4 (800 at most).
+
+Where the official chain (LLaVA's ``convert_answer_to_mme.py``, then ``calculation.py``) stops,
+vltool goes on: a subtask whose answers are all "other" (calculation.py: scikit-learn's ValueError on
+the empty yes/no list) scores acc 0 and acc+ 0; absent subtasks (calculation.py: file not found) are
+left out of the totals, with a note; an answer holding a tab or line break (it breaks the
+tab-separated line convert_answer_to_mme.py writes) is read by its first four characters like any
+other; and acc+ groups each image's questions by image, where calculation.py pairs consecutive
+lines (the same for LLaVA's files, which keep an image's two questions together).
 """
 
 from collections import defaultdict
@@ -22,6 +30,7 @@ import pandas as pd
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
+from vltool.eval.benchmarks.answers import AnswerRecord, Answers, check_coverage, store_answer
 from vltool.eval.benchmarks.base import OFFICIAL, Benchmark, Sample, Scores
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -81,12 +90,13 @@ def _load_subtask(folder: Path) -> list[Sample]:
     for question_file in question_files:
         image = _image_for(question_file, images_folder)
         for number, (question, answer) in enumerate(_read_questions(question_file), start=1):
+            asked = _plain_question(question)
             samples.append(
                 Sample(
                     key=f"{folder.name}/{image.name}#{number}",
-                    prompt=f"{IMAGE_TOKEN}\n{question.replace(ANSWER_SUFFIX, '').strip()}\n{INSTRUCTION}",
+                    prompt=f"{IMAGE_TOKEN}\n{asked}\n{INSTRUCTION}",
                     images=(image,),
-                    reference={"subtask": folder.name, "image": image.name, "answer": answer},
+                    reference={"subtask": folder.name, "image": image.name, "question": asked, "answer": answer},
                 )
             )
     return samples
@@ -119,12 +129,23 @@ def _read_questions(path: Path) -> list[tuple[str, str]]:
     return questions
 
 
+def _plain_question(text: str) -> str:
+    """A question without MME's "Please answer yes or no." and LLaVA's instruction, stripped.
+
+    Both the release's question (some with two spaces before the suffix) and LLaVA's prompt reduce to
+    the same text, which is how an answer line finds its question.
+    """
+    return text.replace(INSTRUCTION, "").replace(ANSWER_SUFFIX, "").strip()
+
+
 def parse_answer(prediction: str) -> str:
     """``"yes"``, ``"no"`` or ``"other"``, by the official ``parse_pred_ans`` rules.
 
-    LLaVA strips its answers before they reach the official files; so does this.
+    The answer is lower-cased but not stripped, as calculation.py reads it: ``"   no"`` is "other".
+    LLaVA's ``model_vqa_loader.py`` and vltool strip answers when they write them, so this matters
+    only for answer files made otherwise.
     """
-    answer = prediction.strip().lower()
+    answer = prediction.lower()
     if answer in ("yes", "no"):
         return answer
     if "yes" in answer[:4]:
@@ -164,8 +185,9 @@ def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFIC
 def _row(images: list[list[bool]]) -> dict[str, float]:
     """acc, acc+ (percent), score and question count, from each image's per-question outcomes."""
     oks = [ok for image_oks in images for ok in image_oks]
-    accuracy = 100 * sum(oks) / len(oks)
-    accuracy_plus = 100 * sum(all(image_oks) for image_oks in images) / len(images)
+    # ratio first, then percent, as calculation.py computes them (so the floats agree to the bit)
+    accuracy = 100 * (sum(oks) / len(oks))
+    accuracy_plus = 100 * (sum(all(image_oks) for image_oks in images) / len(images))
     return {"acc": accuracy, "acc+": accuracy_plus, "score": accuracy + accuracy_plus, "questions": len(oks)}
 
 
@@ -188,6 +210,52 @@ def _notes(subtasks: int, others: int, questions: int) -> list[str]:
     return notes
 
 
+def match_answers(data_path: Path, samples: list[Sample], records: list[AnswerRecord], path: Path) -> Answers:
+    """Match vltool's predictions (by key) or LLaVA's MME answer file to the questions.
+
+    LLaVA's ``question_id`` is the image's path in the release (``artwork/images/10002.jpg``), shared
+    by the image's two questions, so, as ``convert_answer_to_mme.py`` does, a line is matched by its
+    subtask (the path's first part), its image (the file stem) and its question (the prompt less
+    LLaVA's instruction). Lines for MME subtasks absent from ``data_path`` are counted and ignored.
+
+    Args:
+        data_path: the release folder (unused: the samples hold what is needed).
+        samples: the questions.
+        records: the answer file's lines.
+        path: the answer file, for messages.
+
+    Raises:
+        DatasetError: questions without an answer, lines matching no question (id and line named),
+            or a question answered twice.
+    """
+    keys = {sample.key for sample in samples}
+    by_question = {
+        (sample.reference["subtask"], Path(sample.reference["image"]).stem, sample.reference["question"]): sample.key
+        for sample in samples
+    }
+    present = {sample.reference["subtask"] for sample in samples}
+    texts: dict[str, str] = {}
+    unmatched, ignored = [], 0
+    for record in records:
+        key = record.id if record.id in keys else by_question.get(_llava_question(record))
+        subtask = record.id.split("/")[0]
+        if key is not None:
+            store_answer(texts, key, record, path)
+        elif subtask in PERCEPTION + COGNITION and subtask not in present:
+            ignored += 1
+        else:
+            unmatched.append(f"{record.id} (line {record.line})")
+    return check_coverage(path, samples, texts, unmatched, ignored, "MME subtasks not under --data-path")
+
+
+def _llava_question(record: AnswerRecord) -> tuple[str, str, str] | None:
+    """(subtask, image stem, question) of a LLaVA answer line; None without a prompt."""
+    if record.prompt is None:
+        return None
+    parts = record.id.split("/")
+    return parts[0], Path(parts[-1]).stem, _plain_question(record.prompt)
+
+
 BENCHMARK = Benchmark(
     name="mme",
     description="MME yes/no perception (max 2000) and cognition (max 800); --data-path MME_Benchmark_release_version/",
@@ -195,4 +263,5 @@ BENCHMARK = Benchmark(
     score=score,
     max_new_tokens=16,
     rules={OFFICIAL: "MME's eval_tool/calculation.py"},
+    match_answers=match_answers,
 )

@@ -10,8 +10,13 @@ using a single word or phrase.".
 Scoring follows LLaVA's ``llava/eval/eval_pope.py``: keep the answer's first sentence (up to the
 first "."), drop commas, split on spaces; the answer is "no" if a word is "No", "not" or "no", and
 "yes" otherwise. With "yes" as the positive class, each split reports F1, accuracy, precision,
-recall and the share of "yes" answers. Unlike the script, a precision, recall or F1 whose
-denominator is zero (no "yes" answer, or no "yes" label) is 0 instead of a crash.
+recall and the share of "yes" answers.
+
+Where eval_pope.py stops or goes wrong, vltool does otherwise: a precision, recall or F1 whose
+denominator is zero (no "yes" answer in a split, no "yes" label, or no right "yes") is 0, where the
+script stops with ZeroDivisionError; answers are paired with labels by question id (and their
+question text checked), where the script pairs a split's answers and labels by position and
+silently drops the surplus of the longer list.
 """
 
 from pathlib import Path
@@ -20,12 +25,21 @@ import pandas as pd
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
+from vltool.eval.benchmarks.answers import AnswerRecord, Answers, check_coverage, store_answer
 from vltool.eval.benchmarks.base import OFFICIAL, Benchmark, Sample, Scores, image_file, read_jsonl, require_keys
 
 INSTRUCTION = "Answer the question using a single word or phrase."
 OFFICIAL_PREFIX = "coco_pope_"
 SPLIT_ORDER = ("random", "popular", "adversarial")
 """The order the POPE paper reports its splits in; other splits follow alphabetically."""
+
+LLAVA_ID_SPLITS = ("adversarial", "random", "popular")
+LLAVA_ID_STRIDE = 10_000_000
+"""LLaVA's ``llava_pope_test.jsonl`` numbers its questions ``stride * i + POPE question_id``, i indexing these
+splits (adversarial 1-3000, random 10000001-10002910, popular 20000001-20003000)."""
+
+LLAVA_POPE_VERSION = "e3e39262c85a6a83f26cf5094022a782cb0df58d"
+"""The POPE commit whose ``output/coco`` files LLaVA-1.5's question file was made from (random has 2910 questions)."""
 
 REQUIRED_KEYS = ("question_id", "image", "text", "label")
 NEGATIONS = ("No", "not", "no")
@@ -91,7 +105,7 @@ def _load_split(path: Path, image_folder: Path) -> list[Sample]:
                 key=key,
                 prompt=f"{IMAGE_TOKEN}\n{record['text']}\n{INSTRUCTION}",
                 images=(image_file(image_folder, record["image"], f"{where} (question {key})"),),
-                reference={"split": split, "label": record["label"]},
+                reference={"split": split, "question": record["text"], "label": record["label"]},
             )
         )
     if not samples:
@@ -100,8 +114,13 @@ def _load_split(path: Path, image_folder: Path) -> list[Sample]:
 
 
 def parse_answer(prediction: str) -> str:
-    """``"yes"`` or ``"no"``, by LLaVA's ``eval_pope.py`` rules (answers stripped, as LLaVA's are)."""
-    text = prediction.strip().split(".")[0].replace(",", "")
+    """``"yes"`` or ``"no"``, by LLaVA's ``eval_pope.py`` rules.
+
+    The answer is not stripped, as eval_pope.py reads it: "No" followed by a line break has no word
+    "No" and reads as "yes". LLaVA's ``model_vqa_loader.py`` and vltool strip answers when they write
+    them, so this matters only for answer files made otherwise.
+    """
+    text = prediction.split(".")[0].replace(",", "")
     return "no" if any(word in NEGATIONS for word in text.split(" ")) else "yes"
 
 
@@ -140,15 +159,17 @@ def split_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
     false_pos = sum(pred == "yes" and label == "no" for pred, label in pairs)
     true_neg = sum(pred == "no" and label == "no" for pred, label in pairs)
     false_neg = len(pairs) - true_pos - false_pos - true_neg
+    # eval_pope.py divides by zero here (no "yes" answer, no "yes" label, no right "yes"); vltool reports 0
     precision = true_pos / (true_pos + false_pos) if true_pos + false_pos else 0.0
     recall = true_pos / (true_pos + false_neg) if true_pos + false_neg else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    # ratios first, then percent, as eval_pope.py computes them (so the floats agree to the bit)
     return {
         "f1": 100 * f1,
-        "accuracy": 100 * (true_pos + true_neg) / len(pairs),
+        "accuracy": 100 * ((true_pos + true_neg) / len(pairs)),
         "precision": 100 * precision,
         "recall": 100 * recall,
-        "yes_ratio": 100 * (true_pos + false_pos) / len(pairs),
+        "yes_ratio": 100 * ((true_pos + false_pos) / len(pairs)),
         "questions": len(pairs),
     }
 
@@ -159,6 +180,76 @@ def _first_word(prediction: str) -> str:
     return words[0].strip(".,!:;\"'") if words else ""
 
 
+def match_answers(data_path: Path, samples: list[Sample], records: list[AnswerRecord], path: Path) -> Answers:
+    """Match vltool's predictions (``split/question_id``) or LLaVA's POPE answer file to the questions.
+
+    LLaVA's one answer file covers the three splits, telling them apart by its question file's
+    ``category``; its ids encode the split (:data:`LLAVA_ID_SPLITS`), which is how the lines are read
+    here without that file. Each LLaVA line's question must be the annotation's (but for POPE's later
+    spelling fix, :func:`_spelled`): POPE's random file after :data:`LLAVA_POPE_VERSION` asks other
+    questions under the same ids. Lines for an official split absent from ``data_path`` (one split
+    file given) are counted and ignored.
+
+    Args:
+        data_path: the annotation file or folder (unused: the samples hold what is needed).
+        samples: the questions.
+        records: the answer file's lines.
+        path: the answer file, for messages.
+
+    Raises:
+        DatasetError: questions without an answer, lines matching no question, a question answered
+            twice, or a line whose question differs from the annotation's (line named).
+    """
+    by_key = {sample.key: sample for sample in samples}
+    present = {sample.reference["split"] for sample in samples}
+    texts: dict[str, str] = {}
+    unmatched, ignored = [], 0
+    for record in records:
+        key = record.id if record.id in by_key else _sample_key(record.id)
+        if key in by_key:
+            _check_question(record, by_key[key], path)
+            store_answer(texts, key, record, path)
+        elif key is not None and key.split("/")[0] in SPLIT_ORDER and key.split("/")[0] not in present:
+            ignored += 1
+        else:
+            unmatched.append(record.id)
+    return check_coverage(path, samples, texts, unmatched, ignored, "POPE splits not under --data-path")
+
+
+def _sample_key(question_id: str) -> str | None:
+    """The key a line's id names: the id itself (vltool's keys), or ``split/number`` for LLaVA's ids.
+
+    ``10000007`` -> ``random/7``; a number past LLaVA's three splits names nothing (None).
+    """
+    if not (question_id.isascii() and question_id.isdigit()):
+        return question_id
+    index, number = divmod(int(question_id), LLAVA_ID_STRIDE)
+    return f"{LLAVA_ID_SPLITS[index]}/{number}" if index < len(LLAVA_ID_SPLITS) else None
+
+
+def _spelled(question: str) -> str:
+    """A question with the one misspelling POPE later corrected ("imange") corrected.
+
+    After commit e3e3926 POPE fixed "in the imange?" in 102 questions of its adversarial and popular
+    files and changed nothing else there (same ids, images and labels), so answers made from the old
+    files still belong to those questions; its random file was drawn anew.
+    """
+    return question.replace(" imange", " image")
+
+
+def _check_question(record: AnswerRecord, sample: Sample, path: Path) -> None:
+    """Raise when a LLaVA line asks another question than the annotation it was matched to."""
+    if record.prompt is None or record.id == sample.key:
+        return
+    asked = record.prompt.split("\n")[0]
+    if _spelled(asked) != _spelled(sample.reference["question"]):
+        raise DatasetError(
+            f"{path}:{record.line}: question {record.id} asks {asked!r}, but {sample.key} of --data-path is "
+            f"{sample.reference['question']!r}; LLaVA's answers pair with POPE's output/coco files of commit "
+            f"{LLAVA_POPE_VERSION[:7]} (coco_pope_random.json has 2910 questions there)."
+        )
+
+
 BENCHMARK = Benchmark(
     name="pope",
     description="POPE object hallucination (F1); --data-path coco_pope_*.json or folder, --image-folder val2014/",
@@ -166,4 +257,5 @@ BENCHMARK = Benchmark(
     score=score,
     max_new_tokens=16,
     rules={OFFICIAL: "LLaVA's llava/eval/eval_pope.py"},
+    match_answers=match_answers,
 )

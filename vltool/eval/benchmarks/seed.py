@@ -4,21 +4,36 @@ Reads the official ``SEED-Bench.json`` (``{"questions": [...], "question_type": 
 keeps the questions whose ``data_type`` is ``"image"``; their ``data_id`` names a file in the
 ``SEED-Bench-image/`` folder.
 
-The prompt is LLaVA-1.5's (``llava-seed-bench.jsonl``): the question, one ``A. ...`` line per
-option, then "Answer with the option's letter from the given choices directly.".
+The prompt is LLaVA-1.5's: a line of its ``llava-seed-bench.jsonl`` (``text``: the question, one
+``A. ...`` line per option, then "Answer with the option's letter from the given choices
+directly.") as ``llava/eval/model_vqa_loader.py`` asks it, after the image marker.
 
-Scoring: LLaVA's ``scripts/convert_seed_for_submission.py`` counts an answer right only when it
-is exactly the letter. Here the letter is read with VLMEvalKit's exact-matching rules
-(:func:`vltool.eval.extraction.extract_choice`), so "B." or "(B) dog" also count; a bare letter,
-what LLaVA-1.5 answers, scores the same either way. Accuracy is reported per dimension and over
-all image questions (micro average, as the official leaderboard's "image" figure).
+Scoring, ``--rules official`` (default): LLaVA's ``scripts/convert_seed_for_submission.py``, item for
+item: an answer is right only when it is exactly the answer's letter ("B"; not "B.", "b", " B" or the
+option's text; :func:`vltool.eval.llava_choice.read_seed`). ``tests/assets/benchmarks/official/seed/``
+holds that script's own decisions on 44 image questions. Accuracy is reported per dimension (the
+script's per-dimension lines) and over all image questions (its "image accuracy", a micro average, as
+the official leaderboard's "image" figure). ``--rules vlmevalkit`` reads the letter with VLMEvalKit's
+lenient exact matching (:func:`vltool.eval.extraction.extract_choice`) instead.
+
+Where the script crashes, vltool reports a number anyway: a dimension whose answers are all wrong
+(``KeyError``: it never counted a right answer there) scores 0%; a SEED-Bench.json without video
+questions (``ZeroDivisionError`` after the image accuracy) scores its image questions as usual. A
+question without an answer (``KeyError`` while it writes the upload file, after printing a score that
+counted it wrong) is an error naming it here, so that no score silently covers fewer answers.
+
+``--predictions`` reads LLaVA's answer file (``question_id``: an integer for image questions, the
+``v...`` string for video ones; ``prompt``; ``text``) as well as vltool's; its lines for the video
+questions, which LLaVA answers from a middle frame, are counted and ignored.
 """
 
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
+from vltool.eval.benchmarks.answers import AnswerRecord, Answers, check_coverage, store_answer
 from vltool.eval.benchmarks.base import (
     OFFICIAL,
     OVERALL,
@@ -33,10 +48,13 @@ from vltool.eval.benchmarks.base import (
     require_keys,
 )
 from vltool.eval.extraction import extract_choice
-from vltool.templates.multiple_choice import build_prompt
+from vltool.eval.llava_choice import SEED_SCRIPT, read_seed, reading_notes
+from vltool.templates.multiple_choice import ANSWER_INSTRUCTION
 
 OPTION_KEYS = {"A": "choice_a", "B": "choice_b", "C": "choice_c", "D": "choice_d"}
 REQUIRED_KEYS = ("question_id", "question", *OPTION_KEYS.values(), "answer", "data_type", "data_id", "question_type_id")
+IMAGE_TYPE = "image"
+"""The ``data_type`` of the scored questions (the others are ``"video"``)."""
 IMAGE_SUFFIX = ".jpg"
 """The suffix of the files in ``SEED-Bench-image/``, added when a ``data_id`` has none."""
 
@@ -61,7 +79,7 @@ def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
         if not isinstance(question, dict):
             raise DatasetError(f"{where}: expected an object, got {type(question).__name__}.")
         require_keys(question, REQUIRED_KEYS, where)
-        if question["data_type"] != "image":
+        if question["data_type"] != IMAGE_TYPE:
             continue
         key = str(question["question_id"])
         where = f"{where} (question_id {key})"
@@ -111,24 +129,68 @@ def _sample(
     )
 
 
+def build_prompt(question: str, options: dict[str, str]) -> str:
+    """A line of LLaVA-1.5's ``llava-seed-bench.jsonl`` after the image marker, as model_vqa_loader.py asks it."""
+    choices = "\n".join(f"{letter}. {text}" for letter, text in options.items())
+    return f"{IMAGE_TOKEN}\n{question}\n{choices}\n{ANSWER_INSTRUCTION}"
+
+
+def read_letter(answer: str, options: dict[str, str], rules: str) -> tuple[str | None, str]:
+    """The letter an answer names and the rule that read it, by ``rules`` (official or vlmevalkit)."""
+    if rules == VLMEVALKIT:
+        extraction = extract_choice(answer, options)
+        return extraction.choice, extraction.rule
+    reading = read_seed(answer)
+    return reading.letter, reading.rule
+
+
 def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFICIAL) -> Scores:
-    """Accuracy per dimension (in dimension-id order) and over all image questions."""
+    """Accuracy per dimension (in dimension-id order) and over all image questions, the letter read by ``rules``."""
     by_dimension: dict[tuple[int, str], list[bool]] = defaultdict(list)
-    rules: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     for sample in samples:
-        extraction = extract_choice(predictions[sample.key], sample.reference["options"])
-        rules[extraction.rule] += 1
+        letter, rule = read_letter(predictions[sample.key], sample.reference["options"], rules)
+        counts[rule] += 1
         dimension = (sample.reference["dimension_id"], sample.reference["dimension"])
-        by_dimension[dimension].append(extraction.choice == sample.reference["answer"])
+        by_dimension[dimension].append(letter == sample.reference["answer"])
     groups = {name: oks for (_, name), oks in sorted(by_dimension.items())}
     table = accuracy_table({**groups, OVERALL: [ok for oks in groups.values() for ok in oks]})
+    if rules == VLMEVALKIT:
+        notes = choice_notes(counts, len(samples))
+    else:
+        notes = reading_notes(counts, 0, len(samples), SEED_SCRIPT)
     return Scores(
         table=table,
         chart=table["accuracy"].drop(OVERALL).to_dict(),
         chart_label="accuracy (%)",
         summary={"accuracy": table.loc[OVERALL, "accuracy"]},
-        notes=choice_notes(rules, len(samples)),
+        notes=notes,
     )
+
+
+def match_answers(data_path: Path, samples: list[Sample], records: list[AnswerRecord], path: Path) -> Answers:
+    """Match an answer file by question_id (LLaVA's integers too); its video-question lines are counted and ignored.
+
+    Raises:
+        DatasetError: a question answered twice, unanswered questions, or lines matching no question.
+    """
+    questions, _ = _read(data_path)
+    videos = {
+        str(question["question_id"])
+        for question in questions
+        if isinstance(question, dict) and "question_id" in question and question.get("data_type") != IMAGE_TYPE
+    }
+    keys = {sample.key for sample in samples}
+    texts: dict[str, str] = {}
+    unmatched, ignored = [], 0
+    for record in records:
+        if record.id in keys:
+            store_answer(texts, record.id, record, path)
+        elif record.id in videos:
+            ignored += 1
+        else:
+            unmatched.append(record.id)
+    return check_coverage(path, samples, texts, unmatched, ignored, "video questions")
 
 
 BENCHMARK = Benchmark(
@@ -138,7 +200,8 @@ BENCHMARK = Benchmark(
     score=score,
     max_new_tokens=16,
     rules={
-        OFFICIAL: "LLaVA's scripts/convert_seed_for_submission.py",
+        OFFICIAL: f"LLaVA's {SEED_SCRIPT}",
         VLMEVALKIT: "VLMEvalKit's exact matching (can_infer)",
     },
+    match_answers=match_answers,
 )

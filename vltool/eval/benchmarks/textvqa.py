@@ -6,13 +6,24 @@ LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``. Scoring follows LLaVA's ``llava/ev
 (m4c ``TextVQAAccuracyEvaluator``): every answer is normalised by the VQA answer processor and scores
 ``min(1, matching humans / 3)`` averaged over the ten leave-one-out subsets
 (:func:`vltool.eval.benchmarks.vqa_normalize.vqa_accuracy`).
+
+LLaVA's answer files (either prompt variant) are read as eval_textvqa.py reads them: the line's
+``question_id`` is the image id, and the question comes from its prompt. Where the script stops or
+differs, vltool does otherwise: a prompt of another shape (the script's ``assert False``) gives its
+first line that is not the OCR-token line; a question not in the annotation file (the script's
+KeyError) and questions without an answer (the script averages over the lines it is given) are
+errors naming them; a question with other than ten human answers (the m4c evaluator's assertion) is
+scored over the answers it has.
 """
 
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from vltool.constants import IMAGE_TOKEN
 from vltool.errors import DatasetError
+from vltool.eval.benchmarks.answers import AnswerRecord, Answers, check_coverage, store_answer
 from vltool.eval.benchmarks.base import (
     OFFICIAL,
     OVERALL,
@@ -30,6 +41,12 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
 """LLaVA-1.5's instruction for short-answer VQA benchmarks."""
 
 REQUIRED_KEYS = ("question_id", "image_id", "question", "answers")
+OCR_LINE = "Reference OCR token:"
+"""How LLaVA-1.5's OCR prompt variant starts the line listing the image's OCR tokens."""
+
+OLD_OCR_PROMPT = "OCR tokens: "
+"""How an older LLaVA prompt starts: ``OCR tokens: ... Question: <question> Short answer:`` (also read)."""
+_OLD_OCR_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
 
 
 def short_answer_prompt(question: str) -> str:
@@ -57,7 +74,8 @@ def _sample(entry: Any, index: int, data_path: Path, image_folder: Path) -> Samp
         raise DatasetError(f"{where}: 'answers' must be a non-empty list of strings (ten in TextVQA).")
     key = str(entry["question_id"])
     image = image_file(image_folder, f"{entry['image_id']}.jpg", f"{where} (question {key})")
-    return Sample(key, short_answer_prompt(entry["question"]), (image,), {"answers": answers})
+    reference = {"answers": answers, "image_id": str(entry["image_id"]), "question": entry["question"]}
+    return Sample(key, short_answer_prompt(entry["question"]), (image,), reference)
 
 
 def load(data_path: Path, image_folder: Path | None) -> list[Sample]:
@@ -97,6 +115,61 @@ def score(samples: list[Sample], predictions: dict[str, str], rules: str = OFFIC
     )
 
 
+def prompt_question(prompt: str) -> str | None:
+    r"""The question of a LLaVA TextVQA prompt, lower-cased, as ``eval_textvqa.py`` finds it.
+
+    ``question\nReference OCR token: ...\ninstruction`` (or with the OCR line first), ``question\ninstruction``
+    or ``OCR tokens: ... Question: question Short answer:``; any other shape, where the script stops,
+    gives its first line that is not the OCR-token line. None for an old-style prompt without its question.
+    """
+    if prompt.startswith(OLD_OCR_PROMPT):
+        match = _OLD_OCR_QUESTION.search(prompt)
+        return match.group(1).lower() if match else None
+    lines = prompt.split("\n")
+    if OCR_LINE + " " in prompt and len(lines) == 3:
+        return (lines[1] if lines[0].startswith(OCR_LINE) else lines[0]).lower()
+    if len(lines) == 2:
+        return lines[0].lower()
+    return next((line for line in lines if not line.startswith(OCR_LINE)), lines[0]).lower()
+
+
+def match_answers(data_path: Path, samples: list[Sample], records: list[AnswerRecord], path: Path) -> Answers:
+    """Match vltool's predictions (by question id) or LLaVA's TextVQA answer file to the questions.
+
+    A LLaVA line is matched, as eval_textvqa.py does, by (image id, lower-cased question); should two
+    questions share both, the lines go to them in file order.
+
+    Args:
+        data_path: the annotation file (unused: the samples hold what is needed).
+        samples: the questions.
+        records: the answer file's lines.
+        path: the answer file, for messages.
+
+    Raises:
+        DatasetError: questions without an answer, lines matching no question (id and line named),
+            or a question answered twice.
+    """
+    keys = {sample.key for sample in samples}
+    by_question: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for sample in samples:
+        by_question[(sample.reference["image_id"], sample.reference["question"].lower())].append(sample.key)
+    texts: dict[str, str] = {}
+    unmatched = []
+    for record in records:
+        candidates = [record.id] if record.id in keys else by_question.get(_llava_question(record), [])
+        if not candidates:
+            unmatched.append(f"{record.id} (line {record.line})")
+            continue
+        key = next((key for key in candidates if key not in texts), candidates[-1])
+        store_answer(texts, key, record, path)
+    return check_coverage(path, samples, texts, unmatched)
+
+
+def _llava_question(record: AnswerRecord) -> tuple[str, str | None] | None:
+    """(image id, question) of a LLaVA answer line; None without a prompt."""
+    return None if record.prompt is None else (record.id, prompt_question(record.prompt))
+
+
 BENCHMARK = Benchmark(
     name="textvqa",
     description="TextVQA val: reading text in images, soft VQA accuracy (TextVQA_0.5.1_val.json + train_images).",
@@ -106,4 +179,5 @@ BENCHMARK = Benchmark(
     rules={
         OFFICIAL: "LLaVA's llava/eval/eval_textvqa.py, m4c TextVQAAccuracyEvaluator",
     },
+    match_answers=match_answers,
 )
