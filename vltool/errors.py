@@ -16,6 +16,18 @@ class ConfigError(VltoolError):
     """A config that cannot be found, loaded or built."""
 
 
+class AnswerError(ConfigError):
+    """One prompt of a batch that could not be answered (a server that refused it, say).
+
+    Attributes:
+        position: the prompt's index in its batch, so the caller can name the row.
+    """
+
+    def __init__(self, message: str, position: int = 0) -> None:
+        super().__init__(message)
+        self.position = position
+
+
 def user_message(error: VltoolError) -> str:
     """The one-line message of ``error``, also when it was raised in a PyTorch DataLoader worker.
 

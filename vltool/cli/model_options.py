@@ -20,6 +20,7 @@ import typer
 from vltool.errors import ConfigError
 
 if TYPE_CHECKING:  # the model stack loads only when a command runs, so `vltool --help` stays fast
+    from vltool.eval.api_client import ServedModel
     from vltool.infer.pipeline import Pipeline
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -211,7 +212,10 @@ def benchmark_model(model: str | None, batch_size: int, options: ModelOptions) -
         ConfigError: no model, a batch size below 1, or bad model options.
     """
     if model is None:
-        raise ConfigError("missing MODEL: give a model directory, or --predictions FILE to score saved predictions.")
+        raise ConfigError(
+            "missing MODEL: give a model directory, --api-base URL of a server, or --predictions FILE to score "
+            "saved predictions."
+        )
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
     choice = ModelChoice(model, options)
@@ -223,3 +227,71 @@ def refuse_model_with_predictions(model: str | None) -> None:
     """``--predictions`` scores saved answers: a MODEL beside it is a mistake worth saying."""
     if model is not None:
         raise ConfigError("give MODEL to answer the questions or --predictions FILE to score saved ones, not both.")
+
+
+API_KEY_ENV = "VLTOOL_API_KEY"
+"""Where ``--api-key`` comes from when not given (the variable ``vltool serve`` reads too). Never
+``OPENAI_API_KEY``: that key would go to whatever server ``--api-base`` names."""
+
+# the options of ``mmbench`` and ``eval`` that answer through a server instead of a local model
+API_BASE_OPTION: Any = typer.Option(
+    None, "--api-base", help="Answer through this OpenAI-compatible server (http://host:8000/v1) instead of MODEL."
+)
+API_KEY_OPTION: Any = typer.Option(
+    None, "--api-key", envvar=API_KEY_ENV, show_envvar=True, help="With --api-base: the server's Bearer token."
+)
+API_MODEL_OPTION: Any = typer.Option(
+    None, "--model", help="With --api-base: the served model's id (default: the first GET /v1/models lists)."
+)
+API_CONCURRENCY_OPTION: Any = typer.Option(
+    8, "--api-concurrency", help="Requests in flight at once to each server (--api-base, --judge-api-base)."
+)
+
+
+def served_model(
+    api_base: str,
+    api_key: str | None,
+    api_model: str | None,
+    concurrency: int,
+    model: str | None,
+    batch_size: int | None,
+    options: ModelOptions,
+) -> "ServedModel":
+    """The checked server of an ``mmbench``/``eval`` run through an API, its model named or asked for.
+
+    Raises:
+        ConfigError: local-model arguments beside ``--api-base`` (:func:`refuse_local_model_options`), a
+            bad URL or concurrency, or a server that cannot be reached or lists no model.
+    """
+    from vltool.eval.api_client import ApiEndpoint, ServedModel
+
+    refuse_local_model_options(model, batch_size, options)
+    return ServedModel.connect(ApiEndpoint(api_base, api_key, concurrency), api_model)
+
+
+def refuse_local_model_options(model: str | None, batch_size: int | None, options: ModelOptions) -> None:
+    """``--api-base`` asks a server that has loaded its own model: local-model arguments beside it are mistakes.
+
+    Raises:
+        ConfigError: a MODEL argument, ``--batch-size`` or a model-loading option given with ``--api-base``.
+    """
+    if model is not None:
+        raise ConfigError("give MODEL (a local model) or --api-base URL (a server), not both.")
+    if batch_size is not None:
+        raise ConfigError(
+            "--batch-size is for a local model; with --api-base, --api-concurrency sets the requests in flight."
+        )
+    given = [
+        f"--{f.name.replace('_', '-')}"
+        for f in dataclasses.fields(ModelOptions)
+        if getattr(options, f.name) != f.default
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: model-loading options, but --api-base asks a server that loaded its own model."
+        )
+    if "NPROC_PER_NODE" in os.environ or "LOCAL_RANK" in os.environ:
+        raise ConfigError(
+            "--api-base sends concurrent requests from one process; unset NPROC_PER_NODE (or run without torchrun) "
+            "and raise --api-concurrency instead."
+        )

@@ -13,7 +13,7 @@ Files in the work dir, named ``<model>_<tsv name>``:
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -29,6 +29,9 @@ from vltool.eval.report import bar_chart, print_table, write_atomically
 from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.templates.message import Message
 from vltool.templates.multiple_choice import build_prompt
+
+if TYPE_CHECKING:  # the judge's HTTP client loads only for runs that have one
+    from vltool.eval.judge import Judge
 
 SUBMISSION_URL = "https://mmbench.opencompass.org.cn/mmbench-submission"
 
@@ -96,6 +99,7 @@ def run_mmbench(
     max_new_tokens: int = 128,
     circular: bool = True,
     console: Console | None = None,
+    judge: "Judge | None" = None,
 ) -> MMBenchFiles | None:
     """Answer every question greedily (resuming from the cache), score and write the files.
 
@@ -112,6 +116,7 @@ def run_mmbench(
         max_new_tokens: the longest answer.
         circular: CircularEval (all passes) or vanilla (pass 0 only).
         console: where progress and results go (default: stderr).
+        judge: an LLM judge for the answers exact matching cannot read (None: they count as wrong).
     """
     console = console or Console(stderr=True)
     table, rows = load_questions(data_path, circular, console)
@@ -124,15 +129,21 @@ def run_mmbench(
     if process_rank()[0] != 0:
         return None
     predictions = {int(key): answer for key, answer in answers.items()}
-    return write_results(table, rows, predictions, work_dir, stem, circular, console)
+    return write_results(table, rows, predictions, work_dir, stem, circular, console, judge=judge)
 
 
 def rescore_mmbench(
-    predictions_path: Path, data_path: str | Path, work_dir: Path | None, circular: bool, console: Console
+    predictions_path: Path,
+    data_path: str | Path,
+    work_dir: Path | None,
+    circular: bool,
+    console: Console,
+    judge: "Judge | None" = None,
 ) -> MMBenchFiles:
     """Score a saved predictions file (``index`` and ``prediction`` columns; xlsx, csv or tsv) against the TSV.
 
-    The file itself is never rewritten: the scored rows go to ``<its name>_scored.xlsx``.
+    The file itself is never rewritten: the scored rows go to ``<its name>_scored.xlsx``. With a
+    ``judge``, the answers exact matching cannot read go to it.
 
     Raises:
         DatasetError: the file cannot be read, lacks those columns, or its indices differ from the TSV's.
@@ -140,7 +151,8 @@ def rescore_mmbench(
     table, rows = load_questions(data_path, circular, console)
     predictions = read_predictions(predictions_path, set(rows["index"]), circular, table.path)
     work_dir = work_dir or predictions_path.parent
-    return write_results(table, rows, predictions, work_dir, predictions_path.stem, circular, console, "_scored")
+    stem = predictions_path.stem
+    return write_results(table, rows, predictions, work_dir, stem, circular, console, "_scored", judge)
 
 
 def read_predictions(path: Path, expected: set[int], circular: bool, tsv: Path) -> dict[int, str]:
@@ -190,15 +202,17 @@ def write_results(
     circular: bool,
     console: Console,
     scored_suffix: str = "",
+    judge: "Judge | None" = None,
 ) -> MMBenchFiles:
     """Score (dev) or prepare the submission (test), write every file and print the results.
 
     The scored rows go to ``<stem><scored_suffix>.xlsx``; the other files are ``<stem>_acc.csv`` ...
+    With a ``judge``, the answers exact matching cannot read go to it (the ``rule`` column says so).
     """
-    scored = score_rows(rows, predictions, table.has_answers, circular)
+    scored = score_rows(rows, predictions, table.has_answers, circular, judge)
     files = MMBenchFiles(work_dir / f"{stem}{scored_suffix}.xlsx", scored=scored)
     _write_xlsx(files.predictions, scored.rows.drop(columns="image_index"))
-    _print_extraction(scored, console)
+    _print_extraction(scored, console, judge)
     if table.has_answers:
         _write_scores(scored, files, work_dir, stem, table.path.name, console)
     else:
@@ -233,13 +247,27 @@ def _write_scores(
     console.print(f"accuracy: {files.accuracy}" + (f", chart: {files.chart}" if files.chart else ""), highlight=False)
 
 
-def _print_extraction(scored: ScoredRows, console: Console) -> None:
+def _print_extraction(scored: ScoredRows, console: Console, judge: "Judge | None" = None) -> None:
     counts = scored.rule_counts()
-    unresolved = counts["unresolved"] + counts["refused"]
-    by_rule = ", ".join(f"{rule} {counts[rule]}" for rule in RULES if counts[rule])
+    if judge is None:
+        unresolved = counts["unresolved"] + counts["refused"]
+        by_rule = ", ".join(f"{rule} {counts[rule]}" for rule in RULES if counts[rule])
+        console.print(
+            f"answer extraction: exact matching, VLMEvalKit's rules (no LLM judge); {unresolved} of "
+            f"{sum(counts.values())} answers unresolved ({counts['refused']} refused), counted wrong. "
+            f"By rule: {by_rule}.",
+            highlight=False,
+        )
+        return
+    from vltool.eval.judge import JUDGE_RULES
+
+    judged = sum(counts[rule] for rule in JUDGE_RULES)
+    no_option = int(scored.rows["choice"].eq("").sum())  # refusals, "Z" verdicts and random "Z" picks
+    by_rule = ", ".join(f"{rule} {counts[rule]}" for rule in (*RULES, *JUDGE_RULES) if counts[rule])
     console.print(
-        f"answer extraction: exact matching, VLMEvalKit's rules (no LLM judge); {unresolved} of {sum(counts.values())} "
-        f"answers unresolved ({counts['refused']} refused), counted wrong. By rule: {by_rule}.",
+        f"answer extraction: exact matching, VLMEvalKit's rules, then the LLM judge {judge.name} for the {judged} "
+        f"answers they left unresolved; {no_option} of {sum(counts.values())} answers pick no option, counted wrong. "
+        f"By rule: {by_rule}.",
         highlight=False,
     )
 

@@ -2,13 +2,17 @@
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from vltool.eval.circular import OFFSET, group_hits, group_index
-from vltool.eval.extraction import extract_choice
+from vltool.eval.extraction import Extraction, extract_choice
 from vltool.eval.mmbench_data import options_of
+
+if TYPE_CHECKING:  # the judge's HTTP client loads only for runs that have one
+    from vltool.eval.judge import Judge
 
 L2_ABBREVIATIONS = {
     "coarse_perception": "CP",
@@ -49,7 +53,9 @@ class ScoredRows:
         return Counter(self.rows["rule"])
 
 
-def score_rows(rows: pd.DataFrame, predictions: dict[int, str], has_answers: bool, circular: bool) -> ScoredRows:
+def score_rows(
+    rows: pd.DataFrame, predictions: dict[int, str], has_answers: bool, circular: bool, judge: "Judge | None" = None
+) -> ScoredRows:
     """Read the option each prediction picks and, with answers, whether it is right.
 
     Args:
@@ -57,6 +63,7 @@ def score_rows(rows: pd.DataFrame, predictions: dict[int, str], has_answers: boo
         predictions: index -> answer text, for every row.
         has_answers: whether ``rows`` has an ``answer`` per question.
         circular: whether to score questions over their passes.
+        judge: an LLM judge for the answers exact matching leaves unresolved (None: they stay unresolved).
     """
     scored = rows.copy()
     scored["prediction"] = [predictions[int(index)] for index in scored["index"]]
@@ -64,11 +71,29 @@ def score_rows(rows: pd.DataFrame, predictions: dict[int, str], has_answers: boo
         extract_choice(text, options_of(row))
         for text, (_, row) in zip(scored["prediction"], scored.iterrows(), strict=True)
     ]
+    if judge is not None:
+        extractions = _judged(scored, extractions, judge)
     scored["choice"] = [e.choice or "" for e in extractions]
     scored["rule"] = [e.rule for e in extractions]
     if has_answers:
         scored["hit"] = (scored["choice"] == scored["answer"].str.strip()).astype(int)
     return ScoredRows(scored, circular)
+
+
+def _judged(scored: pd.DataFrame, extractions: list[Extraction], judge: "Judge") -> list[Extraction]:
+    """The extractions with every unresolved one replaced by the judge's verdict."""
+    from vltool.eval.judge import JudgeQuestion
+
+    unresolved = [i for i, extraction in enumerate(extractions) if extraction.rule == "unresolved"]
+    questions = []
+    for i in unresolved:
+        row = scored.iloc[i]
+        questions.append(JudgeQuestion(int(row["index"]), str(row["question"]), options_of(row), row["prediction"]))
+    verdicts = judge.resolve(questions) if questions else []
+    judged = list(extractions)
+    for i, verdict in zip(unresolved, verdicts, strict=True):
+        judged[i] = verdict
+    return judged
 
 
 def accuracy_report(originals: pd.DataFrame, hit_column: str = "hit") -> pd.DataFrame:

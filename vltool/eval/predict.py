@@ -20,7 +20,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vltool.errors import ConfigError
+from vltool.errors import AnswerError, ConfigError
 from vltool.infer.pipeline import GenerationOptions, Pipeline
 from vltool.templates.message import Message
 
@@ -142,7 +142,10 @@ def answer_requests(
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             conversations = [[Message("user", request.text)] for request in batch]
-            answers = pipeline.answer(conversations, [request.images() for request in batch], options)
+            try:
+                answers = pipeline.answer(conversations, [request.images() for request in batch], options)
+            except AnswerError as err:
+                raise ConfigError(f"row {batch[err.position].key}: {err}") from None
             cache.append(list(zip(batch, answers, strict=True)))
             done.update((request.key, answer) for request, answer in zip(batch, answers, strict=True))
             advance(len(batch))
