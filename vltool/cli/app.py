@@ -6,7 +6,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dataset, quiet, train
+from vltool.cli import bench, chat, check_dataset, configs, mmbench, prepare_dataset, quiet, serve, train
 from vltool.cli import eval as eval_cli
 from vltool.cli.convert import convert_app
 from vltool.cli.train import expand_bare_resume
@@ -42,6 +42,7 @@ app.command("chat")(chat.chat)
 app.command("mmbench")(mmbench.mmbench)
 app.command("eval")(eval_cli.eval_command)
 app.command("bench", context_settings={"allow_extra_args": True})(bench.bench)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
