@@ -61,7 +61,7 @@ def sse_events(response: httpx.Response) -> list[str]:
 
 
 def test_health_and_models(server, chat_model):
-    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/health").json() == {"status": "ok", "waiting": 0}
     models = httpx.get(f"{server}/v1/models").json()
     assert [m["id"] for m in models["data"]] == [chat_model.name]
     assert models["data"][0]["max_model_len"] == 1024  # the tiny Qwen2's max_position_embeddings

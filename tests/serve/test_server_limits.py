@@ -149,9 +149,10 @@ def test_batches_group_queued_requests_and_match_the_library_batch(batching_serv
     url = f"{batching_server}/v1/chat/completions"
     replies: dict[str, dict] = {}
     with httpx.stream(
-        "POST", url, json=body(chat_model, "Go on.", LONG, stream=True, temperature=0.5), timeout=60
+        "POST", url, json=body(chat_model, "Go on.", LONG, stream=True, temperature=0.5, seed=0), timeout=60
     ) as busy:
-        next(line for line in busy.iter_lines() if line.startswith("data: "))  # the engine is busy with it
+        lines = busy.iter_lines()  # held: a dropped iterator closes the stream, and the server stops the answer
+        next(line for line in lines if line.startswith("data: "))  # the engine is busy with it
         threads = [
             threading.Thread(
                 target=lambda q=q: replies.update(
@@ -162,7 +163,10 @@ def test_batches_group_queued_requests_and_match_the_library_batch(batching_serv
         ]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # all three queued behind the sampling request (other options: not in its batch)
+        # all three queued behind the sampling request (other options: not in its batch)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{batching_server}/health").json()["waiting"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
     for thread in threads:
         thread.join(timeout=120)
     ids = {reply["id"]: question for question, reply in replies.items()}

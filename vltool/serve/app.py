@@ -151,8 +151,9 @@ class _Api:
         self.context = engine.pipeline.model.llm.config.max_position_embeddings
         self.tokenizer_lock = threading.Lock()
 
-    async def health(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(self) -> dict[str, Any]:
+        """Liveness, and how many requests wait for the engine (what a load balancer needs)."""
+        return {"status": "ok", "waiting": self.engine.waiting}
 
     async def models(self) -> dict[str, Any]:
         model = {
