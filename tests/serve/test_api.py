@@ -204,8 +204,9 @@ def test_image_errors(server, chat_model):
         body = {"model": chat_model.name, "messages": user("Hi", *urls), "max_tokens": 4}
         return httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
 
-    bad = post("data:image/png;base64,not-base64!!")
+    bad = post(png_data_url("red"), "data:image/png;base64,not-base64!!")
     assert bad.status_code == 400 and error_of(bad)["param"] == "messages"
+    assert error_of(bad)["message"].startswith("image 2: ") and "bad base64" in error_of(bad)["message"]
     too_many = post(*[png_data_url("red")] * 3)
     assert too_many.status_code == 400 and "at most 2 (--max-images)" in error_of(too_many)["message"]
     # loopback addresses are refused unless --allowed-media-domains names the host (this server has none)

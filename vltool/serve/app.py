@@ -188,7 +188,10 @@ class _Api:
             )
         loop = asyncio.get_running_loop()
         images = await asyncio.gather(
-            *(loop.run_in_executor(self.media_pool, self._image, url) for url in chat.image_urls)
+            *(
+                loop.run_in_executor(self.media_pool, self._image, number, url)
+                for number, url in enumerate(chat.image_urls, start=1)
+            )
         )
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         job = await loop.run_in_executor(self.media_pool, self._job, chat, list(images), _sink(loop, events))
@@ -209,11 +212,12 @@ class _Api:
             )
         return JSONResponse(await answer.complete(request))
 
-    def _image(self, url: str) -> Image.Image:
+    def _image(self, number: int, url: str) -> Image.Image:
+        """The request's ``number``-th image (counted from 1 over the whole conversation, as errors name it)."""
         try:
             return load_image_url(url, self.settings.media)
         except MediaError as err:
-            raise APIError(err.status, err.message, err.param, "invalid_image") from None
+            raise APIError(err.status, f"image {number}: {err.message}", err.param, "invalid_image") from None
 
     def _job(self, chat: ChatRequest, images: list[Image.Image], emit: Callable[[tuple[str, Any]], None]) -> Job:
         """Tokenise (in the pool: long prompts take milliseconds) and check the context length."""
