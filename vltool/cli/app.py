@@ -14,7 +14,7 @@ from vltool.errors import VltoolError, user_message
 
 app = typer.Typer(
     name="vltool",
-    help="Train, convert, chat with and benchmark LLaVA-style vision-language models.",
+    help="Train, convert, chat with, serve and benchmark LLaVA-style vision-language models.",
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
