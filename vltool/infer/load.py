@@ -5,7 +5,6 @@ encoder and the projector always load unquantised.
 """
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
-    BitsAndBytesConfig,
     LlavaForConditionalGeneration,
     PreTrainedModel,
 )
@@ -28,17 +26,14 @@ from vltool.errors import ConfigError
 from vltool.infer.encoders import cast_encoder, load_saved_encoder
 from vltool.infer.pipeline import Pipeline
 from vltool.infer.projector_folder import load_projector
+from vltool.infer.quantization import DType, adapter_base_quantization, bits_quantization, load_options
 from vltool.model import projectors
-from vltool.model.lora import float32_compute_without_cuda
 from vltool.model.saved_format import MANIFEST, TEMPLATE_FILE
 from vltool.model.tokenizer import add_image_token, load_tokenizer
 from vltool.model.vision_encoder import FEATURE_SELECT_STRATEGIES, VisionEncoder
 from vltool.model.vlm import VisionLanguageModel
 from vltool.templates import Template, available_templates, load_template
 
-DType = torch.dtype | str
-
-QUANTIZATION_BITS = (4, 8)
 LLAVA_UNQUANTIZED = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 """``LlavaForConditionalGeneration`` modules that stay unquantised: full dotted prefixes, since
 transformers matches ``llm_int8_skip_modules`` from the start of a name or as a whole suffix."""
@@ -78,14 +73,14 @@ def load_pipeline(
             ``bits`` is not 4, 8 or None.
     """
     path = Path(model_dir)
-    quantization = _quantization(bits, dtype)  # an invalid `bits` fails before anything loads
+    quantization = bits_quantization(bits, dtype)  # an invalid `bits` fails before anything loads
     if not path.is_dir():
         raise ConfigError(f"model directory {path} does not exist.")
     override = load_template(template) if template is not None else None
     if (path / MANIFEST).is_file():
         pipeline = _load_vltool(path, dtype, device, override, bits)
     elif _config_model_type(path) == "llava":
-        pipeline = _load_huggingface(path, _load_options(quantization, dtype, device, LLAVA_UNQUANTIZED), override)
+        pipeline = _load_huggingface(path, load_options(quantization, dtype, device, LLAVA_UNQUANTIZED), override)
     else:
         raise ConfigError(
             f"{path} is not a model directory from `vltool convert pth_to_hf` (no {MANIFEST} and no LLaVA "
@@ -133,7 +128,7 @@ def load_parts_pipeline(
     """
     llava = Path(llava_dir)
     chat_template = _required_template(template)
-    quantization = _quantization(bits, dtype)
+    quantization = bits_quantization(bits, dtype)
     _check_parts(llm, llava, select_strategy, image_aspect)
     encoder_source = _encoder_source(llava, visual_encoder)
     # the small parts first: a missing one fails before the LLM loads
@@ -145,7 +140,7 @@ def load_parts_pipeline(
     )
     projector = load_projector(llava / "projector")
     language_model = _causal_lm(
-        llm, _first_folder(llava, ("llm_adapter",)), _load_options(quantization, dtype, device), len(tokenizer)
+        llm, _first_folder(llava, ("llm_adapter",)), load_options(quantization, dtype, device), len(tokenizer)
     )
     vision = _vision_model(encoder_source, _first_folder(llava, VISION_ADAPTER_FOLDERS), dtype)
     model = _inference_model(
@@ -203,69 +198,6 @@ def _encoder_source(llava: Path, visual_encoder: str | None) -> str | Path:
 
 def _first_folder(parent: Path, names: tuple[str, ...]) -> Path | None:
     return next((parent / name for name in names if (parent / name).is_dir()), None)
-
-
-# ---- quantisation
-
-
-def _quantization(bits: int | None, dtype: DType) -> dict[str, Any] | None:
-    """``BitsAndBytesConfig`` arguments for ``bits`` (as XTuner's chat: NF4 with double quantisation)."""
-    if bits is None:
-        return None
-    if bits not in QUANTIZATION_BITS:
-        raise ConfigError(f"--bits {bits} is not supported; use 4 or 8, or leave it out for full precision.")
-    if bits == 8:
-        return {"load_in_8bit": True}
-    compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
-    return {
-        "load_in_4bit": True,
-        "bnb_4bit_quant_type": "nf4",
-        "bnb_4bit_use_double_quant": True,
-        "bnb_4bit_compute_dtype": compute,
-    }
-
-
-def _no_int8_cast_warning(record: logging.LogRecord) -> bool:
-    # bitsandbytes logs this on every 8-bit matmul whose input is not float16 (each layer, each
-    # token): the cast is how int8 matmuls work, and the lines would bury the chat's answer
-    return "MatMul8bitLt: inputs will be cast" not in record.getMessage()
-
-
-def _load_options(
-    quantization: dict[str, Any] | None, dtype: DType, device: str, skip_modules: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """``from_pretrained`` arguments: ``dtype``, or bitsandbytes quantisation (float32 compute without CUDA).
-
-    Quantised weights load straight onto ``device``, quantised as they arrive there, rather
-    than being moved afterwards with their quantisation state.
-    """
-    if quantization is None:
-        return {"dtype": dtype}
-    if quantization.get("load_in_8bit"):
-        # addFilter skips a filter already there, so loading again adds nothing
-        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_no_int8_cast_warning)
-    if skip_modules:
-        quantization = {**quantization, "llm_int8_skip_modules": list(skip_modules)}
-    options = float32_compute_without_cuda({"quantization_config": quantization, "dtype": dtype})
-    return {
-        **options,
-        "quantization_config": BitsAndBytesConfig(**options["quantization_config"]),
-        "device_map": {"": device},
-    }
-
-
-def _adapter_base_quantization(path: Path, entry: dict[str, Any], bits: int | None, dtype: DType) -> Any:
-    """The saved quantisation of an adapter's base (the adapter was trained on it), checked against ``bits``."""
-    saved = entry.get("quantization")
-    if not saved:
-        return _quantization(bits, dtype)
-    saved_bits = 4 if saved.get("load_in_4bit") else 8
-    if bits is not None and bits != saved_bits:
-        raise ConfigError(
-            f"{path}: the LLM adapter was trained on a {saved_bits}-bit base and loads on it; pass --bits {saved_bits} "
-            "or leave --bits out."
-        )
-    return saved
 
 
 # ---- parts shared by both loaders
@@ -365,8 +297,9 @@ def _load_llm_part(
 ) -> PreTrainedModel:
     """The LLM saved whole (quantised as ``bits`` asks), or its named base (quantised as in training) + adapter."""
     if "path" in entry:
-        return _causal_lm(path / entry["path"], None, _load_options(_quantization(bits, dtype), dtype, device), vocab)
-    options = _load_options(_adapter_base_quantization(path, entry, bits, dtype), dtype, device)
+        options = load_options(bits_quantization(bits, dtype), dtype, device)
+        return _causal_lm(path / entry["path"], None, options, vocab)
+    options = load_options(adapter_base_quantization(path, entry, bits, dtype), dtype, device)
     return _causal_lm(entry["base"], path / entry["adapter"], options, vocab, _adapter_base(entry))
 
 
