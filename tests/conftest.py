@@ -1,6 +1,8 @@
 """Shared fixtures: the real Qwen2 tokenizer, tiny random-weight model parts, and short training runs."""
 
 import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,26 @@ def dataset_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vltool_cache")
     os.environ["VLTOOL_CACHE_DIR"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """``tmp_path_factory.mktemp`` for module-scoped fixtures: the folders go when the module's tests end.
+
+    pytest keeps such folders until the session ends; the models and checkpoints they hold add up
+    to gigabytes over a full run. They stay, for a look, when one of the module's tests failed.
+    """
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -42,8 +42,8 @@ def mc_turns(records: list[dict]) -> list[tuple[str, dict[str, str], str]]:
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_data")
+def demo_data(module_tmp):
+    root = module_tmp("demo_data")
     write_demo_dataset(str(root), num_train=800, num_eval=48)
     return root
 

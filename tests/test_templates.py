@@ -131,10 +131,10 @@ def load_qwen3_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
 
 @pytest.fixture(scope="module")
-def qwen3_tokenizer(tmp_path_factory):
+def qwen3_tokenizer(module_tmp):
     if not QWEN3_CONFIG.is_file():
         pytest.skip("set VLTOOL_QWEN3_TOKENIZER_CONFIG to Qwen3's tokenizer_config.json to compare with its template")
-    return load_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3") / "tokenizer")
+    return load_qwen3_tokenizer(module_tmp("qwen3") / "tokenizer")
 
 
 def test_qwen3_chat_renders_qwen3s_non_thinking_format():

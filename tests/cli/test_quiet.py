@@ -75,9 +75,9 @@ def foreign_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
+def demo(module_tmp) -> Path:
     """A folder where ``check-dataset demo`` ran first (it writes the demo's data there, as for a new user)."""
-    return tmp_path_factory.mktemp("quiet")
+    return module_tmp("quiet")
 
 
 @pytest.fixture(scope="module")

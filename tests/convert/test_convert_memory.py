@@ -27,9 +27,9 @@ MEASURE = (
 
 
 @pytest.fixture(scope="module")
-def full_finetune(tmp_path_factory):
+def full_finetune(module_tmp):
     """A recipe-like run: LLM (bf16, as Qwen2.5 is stored) and CLIP (fp32) loaded by name; LLM and projector trained."""
-    root = tmp_path_factory.mktemp("full_finetune")
+    root = module_tmp("full_finetune")
     options = [f"model.llm.config.{key}={value}" for key, value in LLM.items()]
     options += ["data_preparation=None", "model.freeze_vision_encoder=True", "model.freeze_llm_input_embeddings=False"]
     cfg = load_config("demo", options)

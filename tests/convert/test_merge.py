@@ -57,9 +57,9 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 
 
 @pytest.fixture(scope="module")
-def llm_run(tokenizer, tmp_path_factory):
+def llm_run(tokenizer, module_tmp):
     """A saved tiny Qwen2 (with tokenizer), a LoRA adapter trained on it, and both models' logits."""
-    root = tmp_path_factory.mktemp("llm")
+    root = module_tmp("llm")
     torch.manual_seed(0)
     tiny_qwen2().save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
@@ -185,9 +185,9 @@ def test_adapter_with_new_token_rows_grows_the_base(tokenizer, tmp_path, rows_as
 
 
 @pytest.fixture(scope="module")
-def clip_run(tmp_path_factory):
+def clip_run(module_tmp):
     """A saved tiny CLIP tower and a LoRA adapter trained on it."""
-    root = tmp_path_factory.mktemp("clip")
+    root = module_tmp("clip")
     torch.manual_seed(0)
     tiny_clip().save_pretrained(root / "base")
     tower = CLIPVisionModel.from_pretrained(root / "base")

@@ -57,13 +57,13 @@ def squash_processor(size: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def blip2_folder(tmp_path_factory) -> Path:
+def blip2_folder(module_tmp) -> Path:
     """A random tiny BLIP-2 composite, saved as a BLIP-2 checkpoint."""
     torch.manual_seed(0)
     model = Blip2Model(tiny_blip2_config())
     with torch.no_grad():
         model.query_tokens.normal_()  # zeros by default: all 32 outputs would be the same
-    folder = tmp_path_factory.mktemp("blip2")
+    folder = module_tmp("blip2")
     model.save_pretrained(folder)
     return folder
 
@@ -87,10 +87,10 @@ def encoder_config(name: str, data: Path, blip2: Path, *options: str):
 
 
 @pytest.fixture(scope="module", params=list(ENCODERS))
-def resumed(request, blip2_folder, tmp_path_factory) -> tuple[str, TrainedRun, Path]:
+def resumed(request, blip2_folder, module_tmp) -> tuple[str, TrainedRun, Path]:
     """``(name, run, data)``: 2 iterations trained, then resumed in the same work dir to 4."""
     name = request.param
-    root = tmp_path_factory.mktemp(name)
+    root = module_tmp(name)
     data = write_data(root)
     work_dir = root / "work"
     train(encoder_config(name, data, blip2_folder), work_dir)
@@ -102,9 +102,9 @@ def resumed(request, blip2_folder, tmp_path_factory) -> tuple[str, TrainedRun, P
 
 
 @pytest.fixture(scope="module")
-def converted(resumed, tmp_path_factory) -> Path:
+def converted(resumed, module_tmp) -> Path:
     _, run, _ = resumed
-    out = tmp_path_factory.mktemp("converted") / "model"
+    out = module_tmp("converted") / "model"
     convert_checkpoint(str(run.config), run.checkpoint, out, fp32=True)
     return out
 

@@ -68,10 +68,10 @@ def tiny_recipe_model(tokenizer, tie_word_embeddings: bool):
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
-def exported(request, qwen3_tokenizer, tmp_path_factory):
+def exported(request, qwen3_tokenizer, module_tmp):
     """A tiny Qwen3 LLaVA, written as huggingface; tied embeddings as Qwen3-0.6B/1.7B, untied as Qwen3-8B."""
     model, template = tiny_recipe_model(qwen3_tokenizer, tie_word_embeddings=request.param)
-    save_dir = tmp_path_factory.mktemp("qwen3_hf")
+    save_dir = module_tmp("qwen3_hf")
     processor = tiny_image_processor(32)
     save_huggingface(model, qwen3_tokenizer, processor, "pad", template, save_dir, torch.float32, "2GB")
     pipeline = Pipeline(model, qwen3_tokenizer, template, ImageTransform(processor, "pad"))

@@ -172,8 +172,8 @@ def test_remote_checkpoints_are_refused_without_a_download():
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    return write_colour_dataset(tmp_path_factory.mktemp("colours"), samples=6)
+def colours(module_tmp):
+    return write_colour_dataset(module_tmp("colours"), samples=6)
 
 
 DOORS = ["pretrained_pth", "resume", "load_from", "convert", "resume_config_code", "deepspeed_resume"]

@@ -38,9 +38,9 @@ QWEN_VL_FINETUNE = "qwen_vl_visual_qwen2_5_7b_finetune"
 
 
 @pytest.fixture(scope="module")
-def saved_qwen2(tmp_path_factory):
+def saved_qwen2(module_tmp):
     """A tiny Qwen2 folder: a quantised LLM must load with from_pretrained."""
-    path = tmp_path_factory.mktemp("qwen2")
+    path = module_tmp("qwen2")
     tiny_qwen2().save_pretrained(path)
     return str(path)
 

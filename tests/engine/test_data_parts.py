@@ -116,8 +116,8 @@ def write_siglip_folder(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
+def folders(module_tmp):
+    root = module_tmp("checkpoints")
     return {
         "llm": write_llm_folder(root / "llm"),
         "clip": write_clip_folder(root / "clip"),

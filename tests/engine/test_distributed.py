@@ -16,8 +16,8 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
+def data(module_tmp):
+    return write_colour_dataset(module_tmp("colours"))
 
 
 PACKED = "train_dataloader.collate_fn.type=vltool.data.packing.pack_collate"
@@ -35,8 +35,8 @@ def train(data, work_dir, nproc, *args, options=(), batch_size=None):
 
 
 @pytest.fixture(scope="module")
-def single_process(data, tmp_path_factory):
-    return train(data, tmp_path_factory.mktemp("single"), 1)
+def single_process(data, module_tmp):
+    return train(data, module_tmp("single"), 1)
 
 
 @pytest.mark.parametrize("deepspeed", [None, "zero2"])

@@ -45,8 +45,8 @@ class PicturePipeline:
 
 
 @pytest.fixture(scope="module")
-def dev_tsv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
+def dev_tsv(module_tmp):
+    root = module_tmp("demo")
     write_demo_dataset(str(root), num_train=20, num_eval=24)
     return root / "dev.tsv"
 

@@ -14,10 +14,10 @@ from vltool.errors import ConfigError
 
 
 @pytest.fixture(scope="module", params=[(1, 2), (2, 2), (2, 3)], ids=["zero2_one_rank", "zero2_two_ranks", "zero3"])
-def zero_checkpoint(request, tmp_path_factory):
+def zero_checkpoint(request, module_tmp):
     """A toy model's checkpoint with padding, two groups, a buffer, a frozen and a tied parameter."""
     ranks, stage = request.param
-    checkpoint = tmp_path_factory.mktemp(f"zero{stage}_{ranks}") / "iter_1.pth"
+    checkpoint = module_tmp(f"zero{stage}_{ranks}") / "iter_1.pth"
     run_ranks(["save", "--stage", str(stage), "--checkpoint", str(checkpoint)], ranks)
     return checkpoint
 

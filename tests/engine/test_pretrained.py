@@ -68,9 +68,9 @@ def test_a_damaged_checkpoint_is_one_clear_error(vlm, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def zero2_checkpoint(tmp_path_factory):
+def zero2_checkpoint(module_tmp):
     """A ZeRO-2 directory as `vltool train --deepspeed zero2` writes it (trainable weights only), from one process."""
-    checkpoint = tmp_path_factory.mktemp("zero2") / "iter_1.pth"
+    checkpoint = module_tmp("zero2") / "iter_1.pth"
     run_ranks(["save", "--model", "vlm", "--stage", "2", "--exclude-frozen", "--checkpoint", str(checkpoint)], 1)
     return checkpoint
 

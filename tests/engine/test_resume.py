@@ -29,8 +29,8 @@ custom_hooks = [h for h in custom_hooks if not any(n in str(h["type"]) for n in 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
+def setup(module_tmp):
+    root = module_tmp("resume")
     data = write_colour_dataset(root)
     subprocess.run(vltool_command("copy-cfg", "demo", str(root)), check=True, capture_output=True)
     config = root / "demo.py"

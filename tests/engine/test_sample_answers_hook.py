@@ -74,8 +74,8 @@ def train(data: Path, work_dir: Path, hooks: list[dict]) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample_answers")
+def runs(module_tmp):
+    root = module_tmp("sample_answers")
     data = image_data(root)
     images = [str(root / "red.png"), str(root / "blue.png")]
     with_hook = train(data, root / "with_hook", [sample_hook(images)])

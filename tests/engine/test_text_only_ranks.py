@@ -21,8 +21,8 @@ PROJECTOR_ONLY = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixed")
+def data(module_tmp):
+    root = module_tmp("mixed")
     Image.new("RGB", (64, 64), "red").save(root / "red.png")
     records = []
     for i in range(2 * ITERS):

@@ -11,9 +11,9 @@ from vltool.engine.runner import build_runner
 
 
 @pytest.fixture(scope="module")
-def saved_llms(tmp_path_factory):
+def saved_llms(module_tmp):
     """One tiny Qwen2, saved twice: in bf16 (as Qwen2.5 ships) and the same values in fp32."""
-    root = tmp_path_factory.mktemp("llms")
+    root = module_tmp("llms")
     torch.manual_seed(0)
     llm = tiny_qwen2().to(torch.bfloat16)
     llm.save_pretrained(root / "bf16")

@@ -33,8 +33,8 @@ def last_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def ccbench_run(chat_model, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("ccbench")
+def ccbench_run(chat_model, module_tmp):
+    work_dir = module_tmp("ccbench")
     args = ["mmbench", str(chat_model), "--data-path", str(CCBENCH), "--work-dir", str(work_dir)]
     result = vltool(*args, "--max-new-tokens", "4", "--batch-size", "1")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -28,8 +28,8 @@ def pipeline(chat_model):
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pictures")
+def pictures(module_tmp):
+    folder = module_tmp("pictures")
     paths = {}
     for name, size, colour in (("red", (40, 30), "red"), ("blue", (30, 44), "blue")):
         paths[name] = folder / f"{name}.png"

@@ -48,8 +48,8 @@ def fresh_llm(parts: Parts) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory) -> Parts:
-    root = tmp_path_factory.mktemp("parts")
+def parts(module_tmp) -> Parts:
+    root = module_tmp("parts")
     tokenizer = load_qwen2_tokenizer()
     torch.manual_seed(0)
     llm, vision = tiny_qwen2(), tiny_clip()
@@ -183,9 +183,9 @@ def save_settings() -> tuple:
 
 
 @pytest.fixture(scope="module")
-def saved_models(parts, tmp_path_factory) -> dict[str, Path]:
+def saved_models(parts, module_tmp) -> dict[str, Path]:
     """``parts.base`` saved in both formats of ``vltool convert pth_to_hf``."""
-    root = tmp_path_factory.mktemp("saved")
+    root = module_tmp("saved")
     (root / "vltool").mkdir()
     save_vltool(parts.base, *save_settings(), PROJECTOR_KWARGS, {}, root / "vltool", torch.float32, "2GB")
     (root / "huggingface").mkdir()

@@ -71,13 +71,13 @@ def tiny_blip2_config() -> Blip2Config:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Blip2Model, Path]:
+def reference(module_tmp) -> tuple[Blip2Model, Path]:
     """A random tiny ``Blip2Model`` (eval mode) and the folder it saved itself to."""
     torch.manual_seed(0)
     model = Blip2Model(tiny_blip2_config()).eval()
     with torch.no_grad():
         model.query_tokens.normal_()  # zeros by default: all 32 outputs would be the same
-    folder = tmp_path_factory.mktemp("blip2")
+    folder = module_tmp("blip2")
     model.save_pretrained(folder)
     return model, folder
 

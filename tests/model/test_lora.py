@@ -158,8 +158,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def saved_qwen2(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qwen2")
+def saved_qwen2(module_tmp):
+    path = module_tmp("qwen2")
     torch.manual_seed(SEED)
     tiny_qwen2().save_pretrained(path)
     return path

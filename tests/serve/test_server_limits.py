@@ -36,9 +36,9 @@ def server(chat_model):
 
 
 @pytest.fixture(scope="module")
-def picture_url(tmp_path_factory):
+def picture_url(module_tmp):
     """An http URL on a local ``http.server`` (127.0.0.1 only)."""
-    folder = tmp_path_factory.mktemp("www")
+    folder = module_tmp("www")
     Image.new("RGB", (36, 48), "purple").save(folder / "purple.png")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
