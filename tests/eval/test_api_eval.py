@@ -296,6 +296,28 @@ def test_the_judge_reads_what_exact_matching_cannot(judged_files, tmp_path):
     assert "By rule: letter 1, judge 2, judge: no option 1, judge failed: random 1." in result.stderr
 
 
+def test_judge_verdicts_are_kept_and_a_rescore_asks_only_what_is_missing(judged_files, tmp_path):
+    tsv, predictions = judged_files
+    tries: dict[int, int] = {}
+    with stand_in(judge_reply(tries), models=("judge-llm",)) as server:
+        first = rescore_mmbench(predictions, tsv, tmp_path, False, Console(quiet=True), judge(server.url))
+        kept = tmp_path / "m_judged_judge.jsonl"
+        assert [json.loads(line)["rule"] for line in kept.read_text().splitlines()] == [
+            "judge: no option",  # answer 2, on the first round
+            "judge",  # answer 4, on the first round
+            "judge",  # answer 1, on the second
+        ]  # answer 3's random pick is not kept: the next run asks again
+        with kept.open("a") as file:
+            file.write('{"key": "cut short by a cra')  # a crash mid-line
+        tries.clear()
+        console = Console(record=True, width=500)
+        second = rescore_mmbench(predictions, tsv, tmp_path, False, console, judge(server.url))
+    assert tries == {3: 3}
+    columns = ["choice", "rule"]
+    pd.testing.assert_frame_equal(second.scored.rows[columns], first.scored.rows[columns])
+    assert f"3 verdict(s) reused from {kept}." in console.export_text()
+
+
 def test_a_judge_that_refuses_every_request_stops_the_run(judged_files, tmp_path):
     tsv, predictions = judged_files
     with stand_in(lambda body: (401, "invalid key", {})) as server:

@@ -14,10 +14,17 @@ Differences, both deliberate:
   Answers that exact matching reads as a refusal stay refused, as there.
 - The random pick is seeded per question index (VLMEvalKit seeds once per run), so it does not
   depend on the order in which concurrent replies arrive, and a rerun picks the same.
+
+Verdicts are kept in a JSON-lines file beside the scores (VLMEvalKit keeps a pickle), keyed by the
+whole request, so a rescore asks the judge only what it has not answered yet. Random picks are not
+kept: the next run asks again, as a failed request may succeed then.
 """
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from vltool.eval.api_client import ApiRequestError, ChatClient
 from vltool.eval.extraction import Extraction, extract_choice
@@ -105,6 +112,46 @@ def random_verdict(question: JudgeQuestion) -> Extraction:
     return Extraction(None if pick == "Z" else pick, "judge failed: random")
 
 
+class VerdictCache:
+    """The judge's verdicts on disk, one JSON line per request: ``{"key", "choice", "rule"}``.
+
+    Lines are appended and flushed as verdicts arrive, so an interrupted run keeps what it was
+    told; a last line cut short by a crash is skipped on reading.
+
+    Args:
+        path: the ``.jsonl`` file (created on the first verdict).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.verdicts: dict[str, Extraction] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.verdicts[entry["key"]] = Extraction(entry["choice"], entry["rule"])
+
+    @staticmethod
+    def key(body: dict) -> str:
+        """The request's identity: model, prompt and decoding, hashed."""
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def get(self, body: dict) -> Extraction | None:
+        """The verdict kept for this request, if any."""
+        return self.verdicts.get(self.key(body))
+
+    def put(self, body: dict, verdict: Extraction) -> None:
+        """Keep a verdict (appended at once)."""
+        key = self.key(body)
+        self.verdicts[key] = verdict
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as file:
+            entry = {"key": key, "choice": verdict.choice, "rule": verdict.rule}
+            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
 class Judge:
     """Asks a chat model which option each unresolved answer means.
 
@@ -112,12 +159,24 @@ class Judge:
         client: the judge's server.
         model: the judge model's id.
         attempts: replies asked for per answer before the random pick.
+        cache: where verdicts are kept between runs (None: nowhere).
+
+    Attributes:
+        reused: how many verdicts the last :meth:`resolve` took from ``cache``.
     """
 
-    def __init__(self, client: ChatClient, model: str, attempts: int = ATTEMPTS) -> None:
+    def __init__(
+        self, client: ChatClient, model: str, attempts: int = ATTEMPTS, cache: VerdictCache | None = None
+    ) -> None:
         self.client = client
         self.model = model
         self.attempts = attempts
+        self.cache = cache
+        self.reused = 0
+
+    def cached_in(self, path: Path) -> "Judge":
+        """This judge, keeping its verdicts in ``path``."""
+        return Judge(self.client, self.model, self.attempts, VerdictCache(path))
 
     @property
     def name(self) -> str:
@@ -134,13 +193,16 @@ class Judge:
         Raises:
             ApiRequestError: the judge server refused a request with a status that retrying cannot fix.
         """
-        verdicts: dict[int, Extraction] = {}
+        bodies = [self._body(question) for question in questions]
+        kept = [self.cache.get(body) if self.cache else None for body in bodies]
+        verdicts = {i: verdict for i, verdict in enumerate(kept) if verdict is not None}
+        self.reused = len(verdicts)
         for _ in range(self.attempts):
             open_positions = [i for i in range(len(questions)) if i not in verdicts]
             if not open_positions:
                 break
-            bodies = [self._body(questions[i]) for i in open_positions]
-            for position, reply in zip(open_positions, self.client.complete_all(bodies, False), strict=True):
+            replies = self.client.complete_all([bodies[i] for i in open_positions], False)
+            for position, reply in zip(open_positions, replies, strict=True):
                 if isinstance(reply, ApiRequestError):
                     if not reply.transient:
                         raise ApiRequestError(f"LLM judge: {reply}; check --judge-api-base, --judge-model and the key.")
@@ -148,6 +210,8 @@ class Judge:
                 verdict = read_verdict(reply, questions[position].options)
                 if verdict is not None:
                     verdicts[position] = verdict
+                    if self.cache is not None:
+                        self.cache.put(bodies[position], verdict)
         return [verdicts.get(i) or random_verdict(q) for i, q in enumerate(questions)]
 
     def _body(self, question: JudgeQuestion) -> dict:

@@ -207,8 +207,10 @@ def write_results(
     """Score (dev) or prepare the submission (test), write every file and print the results.
 
     The scored rows go to ``<stem><scored_suffix>.xlsx``; the other files are ``<stem>_acc.csv`` ...
-    With a ``judge``, the answers exact matching cannot read go to it (the ``rule`` column says so).
+    With a ``judge``, the answers exact matching cannot read go to it (the ``rule`` column says so);
+    its verdicts are kept in ``<stem>_judge.jsonl`` and reused by the next run.
     """
+    judge = judge.cached_in(work_dir / f"{stem}_judge.jsonl") if judge is not None else None
     scored = score_rows(rows, predictions, table.has_answers, circular, judge)
     files = MMBenchFiles(work_dir / f"{stem}{scored_suffix}.xlsx", scored=scored)
     _write_xlsx(files.predictions, scored.rows.drop(columns="image_index"))
@@ -264,10 +266,11 @@ def _print_extraction(scored: ScoredRows, console: Console, judge: "Judge | None
     judged = sum(counts[rule] for rule in JUDGE_RULES)
     no_option = int(scored.rows["choice"].eq("").sum())  # refusals, "Z" verdicts and random "Z" picks
     by_rule = ", ".join(f"{rule} {counts[rule]}" for rule in (*RULES, *JUDGE_RULES) if counts[rule])
+    reused = f" {judge.reused} verdict(s) reused from {judge.cache.path}." if judge.reused and judge.cache else ""
     console.print(
         f"answer extraction: exact matching, VLMEvalKit's rules, then the LLM judge {judge.name} for the {judged} "
         f"answers they left unresolved; {no_option} of {sum(counts.values())} answers pick no option, counted wrong. "
-        f"By rule: {by_rule}.",
+        f"By rule: {by_rule}.{reused}",
         highlight=False,
     )
 
