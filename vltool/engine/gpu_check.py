@@ -88,8 +88,6 @@ class Check:
         attention: ``sdpa`` (segment attention for packed batches) or ``flash_attention_2``.
         gradient_checkpointing: recompute the LLM's layers in the backward pass.
         fit_layers: keep only the decoder layers that fit the GPU (full finetunes at 7B).
-        count_mfu: False for LoRA, whose frozen base computes no weight gradients
-            (:func:`~vltool.engine.flops.training_flops` counts them for any LLM that trains).
         steps, warmup: timed and untimed steps.
     """
 
@@ -99,7 +97,6 @@ class Check:
     attention: str = "sdpa"
     gradient_checkpointing: bool = False
     fit_layers: bool = False
-    count_mfu: bool = True
     steps: int = 5
     warmup: int = 2
 
@@ -121,7 +118,6 @@ CHECKS = (
         "qwen2_5_7b_clip_l14_336_qlora_finetune",
         "7b",
         gradient_checkpointing=True,
-        count_mfu=False,
         steps=3,
         warmup=1,
     ),

@@ -63,7 +63,7 @@ def _cells(result: CheckResult) -> list[str]:
     if bench is None:
         why = f"skipped: {result.skipped}" if result.skipped else f"failed: {result.error}"
         return [check.key, layers, "", check.attention, why, "", "", "", "", "", "", wall]
-    mfu = f"{bench.mfu:.1%}" if check.count_mfu and bench.mfu is not None else "-"
+    mfu = f"{bench.mfu:.1%}" if bench.mfu is not None else "-"
     return [
         check.key,
         layers,
@@ -89,8 +89,4 @@ def format_report(results: list[CheckResult]) -> str:
         "- peak memory: torch.cuda.max_memory_allocated over the timed steps (the process's peak RSS without "
         "CUDA); peak reserved: what the caching allocator held; trainable: parameters that train, by dtype."
     )
-    if any(not result.check.count_mfu for result in results):
-        notes.append(
-            "- MFU is not given for LoRA: flops.py would count weight gradients the frozen base never computes."
-        )
     return "\n".join([*lines, "", *notes])
