@@ -166,6 +166,9 @@ def main() -> None:
     else:
         result = load(args.model, args.checkpoint)
     print(RESULT + json.dumps(result), flush=True)
+    # every rank's last collective done before any tears gloo down: a rank that leaves while a peer
+    # still receives its broadcast can abort ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 
