@@ -308,6 +308,7 @@ def test_judge_verdicts_are_kept_and_a_rescore_asks_only_what_is_missing(judged_
             "judge",  # answer 1, on the second
         ]  # answer 3's random pick is not kept: the next run asks again
         with kept.open("a") as file:
+            file.write('{"rule": "judge"}\n[1, 2]\n\xff\n')  # lines edited by hand: no verdict in them
             file.write('{"key": "cut short by a cra')  # a crash mid-line
         tries.clear()
         console = Console(record=True, width=500)

@@ -33,6 +33,9 @@ from vltool.templates.multiple_choice import is_chinese
 JUDGE_RULES = ("judge", "judge: no option", "judge failed: random")
 """How the judge resolved an answer: it named an option, it said none fits ("Z"), or it never answered usably."""
 
+KEPT_RULES = JUDGE_RULES[:2]
+"""The verdicts a :class:`VerdictCache` keeps: the judge's own answers, not the random pick."""
+
 ATTEMPTS = 3
 """Judge replies asked for per answer before the random pick (VLMEvalKit's ``retry``)."""
 
@@ -116,7 +119,8 @@ class VerdictCache:
     """The judge's verdicts on disk, one JSON line per request: ``{"key", "choice", "rule"}``.
 
     Lines are appended and flushed as verdicts arrive, so an interrupted run keeps what it was
-    told; a last line cut short by a crash is skipped on reading.
+    told. A line that holds no verdict (cut short by a crash, or edited by hand) is skipped on
+    reading: its question is asked again, and nothing else is lost.
 
     Args:
         path: the ``.jsonl`` file (created on the first verdict).
@@ -126,12 +130,13 @@ class VerdictCache:
         self.path = path
         self.verdicts: dict[str, Extraction] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                self.verdicts[entry["key"]] = Extraction(entry["choice"], entry["rule"])
+                if isinstance(entry, dict) and entry.get("rule") in KEPT_RULES and isinstance(entry.get("key"), str):
+                    self.verdicts[entry["key"]] = Extraction(entry.get("choice"), entry["rule"])
 
     @staticmethod
     def key(body: dict) -> str:
