@@ -28,7 +28,8 @@ from tests.serving import free_port, served
 from vltool.cli.model_options import ModelOptions, refuse_local_model_options
 from vltool.errors import ConfigError
 from vltool.eval.api_client import ApiEndpoint, ApiPipeline, ApiRequestError, ChatClient
-from vltool.eval.judge import Judge, judge_prompt
+from vltool.eval.extraction import Extraction
+from vltool.eval.judge import Judge, VerdictCache, judge_prompt
 from vltool.eval.mmbench import rescore_mmbench
 from vltool.infer.pipeline import GenerationOptions
 from vltool.templates.message import Message
@@ -314,9 +315,19 @@ def test_judge_verdicts_are_kept_and_a_rescore_asks_only_what_is_missing(judged_
         console = Console(record=True, width=500)
         second = rescore_mmbench(predictions, tsv, tmp_path, False, console, judge(server.url))
     assert tries == {3: 3}
+    assert kept.read_text().endswith('{"key": "cut short by a cra')  # nothing new to keep: untouched
     columns = ["choice", "rule"]
     pd.testing.assert_frame_equal(second.scored.rows[columns], first.scored.rows[columns])
     assert f"3 verdict(s) reused from {kept}." in console.export_text()
+
+
+def test_a_verdict_after_a_cut_line_starts_a_line_of_its_own(tmp_path):
+    path = tmp_path / "judge.jsonl"
+    path.write_text('{"key": "cut short')
+    body = {"model": "judge-llm", "messages": [{"role": "user", "content": "which option?"}]}
+    VerdictCache(path).put(body, Extraction("B", "judge"))
+    assert VerdictCache(path).get(body) == Extraction("B", "judge")
+    assert VerdictCache(path).get({**body, "model": "other"}) is None
 
 
 def test_a_judge_that_refuses_every_request_stops_the_run(judged_files, tmp_path):

@@ -129,14 +129,15 @@ class VerdictCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.verdicts: dict[str, Extraction] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict) and entry.get("rule") in KEPT_RULES and isinstance(entry.get("key"), str):
-                    self.verdicts[entry["key"]] = Extraction(entry.get("choice"), entry["rule"])
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+        self._cut_line = bool(text) and not text.endswith("\n")  # the next verdict starts a line of its own
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("rule") in KEPT_RULES and isinstance(entry.get("key"), str):
+                self.verdicts[entry["key"]] = Extraction(entry.get("choice"), entry["rule"])
 
     @staticmethod
     def key(body: dict) -> str:
@@ -154,7 +155,8 @@ class VerdictCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as file:
             entry = {"key": key, "choice": verdict.choice, "rule": verdict.rule}
-            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            file.write("\n" * self._cut_line + json.dumps(entry, ensure_ascii=False) + "\n")
+        self._cut_line = False
 
 
 class Judge:
